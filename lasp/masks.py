@@ -1,0 +1,307 @@
+"""LanguageMasks: one boolean mask per language over named model parameters.
+
+A mask set on disk is a directory::
+
+    mask_config.json            format version, base model, languages, parameter
+                                names and shapes, sparsity per language, scorer,
+                                data, packing
+    masks.<lang>.safetensors    bit-packed uint8 tensors keyed by parameter name
+
+Masks stay bit-packed in memory (1 bit per weight, layout of :mod:`lasp.bits`)
+and are unpacked only when a language's boolean masks are asked for, so many
+languages can be resident at once. Loading one language reads one file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Iterable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lasp import __version__
+from lasp.bits import pack_bits, packed_shape, popcount, unpack_bits
+from lasp.errors import MaskError
+from lasp.targets import canonical_parameters
+
+FORMAT = "lasp-masks"
+FORMAT_VERSION = 1
+CONFIG_NAME = "mask_config.json"
+_LANG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def mask_file_name(lang: str) -> str:
+    return f"masks.{lang}.safetensors"
+
+
+def _check_language_code(lang: str) -> None:
+    if not isinstance(lang, str) or not _LANG_RE.match(lang):
+        raise MaskError(f"language code {lang!r} cannot name a mask file (letters, digits, '_', '-', '.')")
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+class LanguageMasks:
+    """Per-language boolean masks over the same set of named parameters."""
+
+    def __init__(
+        self,
+        packed: Mapping[str, Mapping[str, torch.Tensor]],
+        shapes: Mapping[str, Iterable[int]],
+        metadata: Mapping | None = None,
+    ):
+        self._shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
+        self._packed: dict[str, dict[str, torch.Tensor]] = {}
+        self.metadata: dict = dict(metadata or {})
+        for lang, tensors in packed.items():
+            _check_language_code(lang)
+            self._packed[lang] = self._checked(lang, tensors, where=f"language {lang!r}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dense(
+        cls,
+        masks: Mapping[str, Mapping[str, torch.Tensor]],
+        *,
+        base_model: str | None = None,
+        scorer: str | None = None,
+        data: str | None = None,
+        sparsity=None,
+        extra: Mapping | None = None,
+    ) -> "LanguageMasks":
+        """Build from ``{lang: {parameter name: bool tensor}}``; every language must cover the same names."""
+        if not masks:
+            raise MaskError("a mask set needs at least one language")
+        first = next(iter(masks.values()))
+        shapes = {name: tuple(m.shape) for name, m in first.items()}
+        packed = {}
+        for lang, tensors in masks.items():
+            if set(tensors) != set(shapes):
+                missing = sorted(set(shapes) - set(tensors)) or sorted(set(tensors) - set(shapes))
+                raise MaskError(f"language {lang!r} covers different parameters than the others: {missing[0]}")
+            packed[lang] = {}
+            for name, m in tensors.items():
+                if tuple(m.shape) != shapes[name]:
+                    raise MaskError(f"language {lang!r}: mask for {name} has shape {tuple(m.shape)}, "
+                                    f"expected {shapes[name]}")
+                packed[lang][name] = pack_bits(m.detach().to("cpu", torch.bool).contiguous())
+        meta = {"base_model": base_model, "scorer": scorer, "data": data}
+        if sparsity is not None:
+            meta["requested_sparsity"] = sparsity
+        meta.update(extra or {})
+        return cls(packed, shapes, meta)
+
+    def _checked(self, lang: str, tensors: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+        names, given = set(self._shapes), set(tensors)
+        if given - names:
+            raise MaskError(f"{where}: unexpected parameter {sorted(given - names)[0]} (not in the mask set)")
+        if names - given:
+            raise MaskError(f"{where}: no mask for parameter {sorted(names - given)[0]}")
+        out = {}
+        for name in self._shapes:
+            t = tensors[name]
+            expected = packed_shape(self._shapes[name])
+            if t.dtype != torch.uint8 or tuple(t.shape) != expected:
+                raise MaskError(f"{where}: packed mask of {name} is {t.dtype}{list(t.shape)}, "
+                                f"expected torch.uint8{list(expected)}")
+            out[name] = t
+        return out
+
+    # ------------------------------------------------------------------ access
+    @property
+    def languages(self) -> list[str]:
+        return list(self._packed)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return list(self._shapes)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def numel(self) -> int:
+        """Number of masked parameters (per language)."""
+        return sum(int(torch.Size(s).numel()) for s in self._shapes.values())
+
+    def _require(self, lang: str) -> dict[str, torch.Tensor]:
+        if lang not in self._packed:
+            known = ", ".join(self.languages) or "none"
+            raise MaskError(f"unknown language {lang!r}; this mask set has: {known}")
+        return self._packed[lang]
+
+    def __contains__(self, lang: str) -> bool:
+        return lang in self._packed
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, lang: str) -> dict[str, torch.Tensor]:
+        """``{parameter name: bool tensor}`` for ``lang`` (unpacked on demand)."""
+        return {name: unpack_bits(p, self._shapes[name]) for name, p in self._require(lang).items()}
+
+    def packed(self, lang: str) -> dict[str, torch.Tensor]:
+        return dict(self._require(lang))
+
+    def subset(self, languages: Iterable[str]) -> "LanguageMasks":
+        return LanguageMasks({l: self._require(l) for l in languages}, self._shapes, self.metadata)
+
+    # ------------------------------------------------------------------ statistics
+    def kept(self, lang: str) -> int:
+        return sum(popcount(p) for p in self._require(lang).values())
+
+    def density(self, lang: str) -> float:
+        """Fraction of masked parameters that ``lang`` keeps."""
+        return self.kept(lang) / max(self.numel(), 1)
+
+    def sparsity(self, lang: str) -> float:
+        return 1.0 - self.density(lang)
+
+    def tensor_density(self, lang: str) -> dict[str, float]:
+        return {
+            name: popcount(p) / max(int(torch.Size(self._shapes[name]).numel()), 1)
+            for name, p in self._require(lang).items()
+        }
+
+    # ------------------------------------------------------------------ set algebra (on packed bits)
+    def _reduce(self, languages: Iterable[str], op) -> dict[str, torch.Tensor]:
+        languages = list(languages)
+        if not languages:
+            raise MaskError("set operation over an empty list of languages")
+        out = {}
+        for name in self._shapes:
+            acc = self._require(languages[0])[name].clone()
+            for lang in languages[1:]:
+                acc = op(acc, self._require(lang)[name])
+            out[name] = unpack_bits(acc, self._shapes[name])
+        return out
+
+    def union(self, languages: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        return self._reduce(self.languages if languages is None else languages, torch.bitwise_or)
+
+    def intersection(self, languages: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        return self._reduce(self.languages if languages is None else languages, torch.bitwise_and)
+
+    def shared_by_all(self) -> dict[str, torch.Tensor]:
+        return self.intersection(self.languages)
+
+    def iou(self, a: str, b: str) -> float:
+        inter = sum(popcount(x & y) for x, y in zip(self._require(a).values(), self._require(b).values()))
+        union = sum(popcount(x | y) for x, y in zip(self._require(a).values(), self._require(b).values()))
+        return inter / union if union else 1.0
+
+    def summary(self) -> str:
+        lines = [f"{len(self)} languages × {len(self._shapes)} tensors ({self.numel():,} masked parameters each)"]
+        for lang in self.languages:
+            lines.append(f"  {lang:>8}  density {self.density(lang):.4f}  sparsity {self.sparsity(lang):.4f}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ model fit
+    def validate(self, model: torch.nn.Module) -> None:
+        """Raise :class:`MaskError` naming the first parameter that the model lacks or shapes differently."""
+        params = canonical_parameters(model)
+        for name, shape in self._shapes.items():
+            if name not in params:
+                raise MaskError(f"mask parameter {name} does not exist in {type(model).__name__}")
+            if tuple(params[name].shape) != shape:
+                raise MaskError(f"mask parameter {name} has shape {list(shape)} but the model's is "
+                                f"{list(params[name].shape)}")
+
+    # ------------------------------------------------------------------ disk format
+    def config(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lasp_version": __version__,
+            **{k: v for k, v in self.metadata.items() if k not in ("format", "format_version", "lasp_version")},
+            "languages": self.languages,
+            "parameters": {name: list(shape) for name, shape in self._shapes.items()},
+            "sparsity": {lang: round(self.sparsity(lang), 6) for lang in self.languages},
+            "packing": {"dtype": "uint8", "axis": -1, "bitorder": "little", "bits_per_weight": 1,
+                        "file": "masks.<lang>.safetensors"},
+        }
+
+    def save(self, directory: str | os.PathLike) -> str:
+        """Write the mask set; languages already in an existing set there are kept."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        config = self.config()
+        existing_path = os.path.join(directory, CONFIG_NAME)
+        if os.path.isfile(existing_path):
+            old = _read_config(directory)
+            if old["parameters"] != config["parameters"]:
+                raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
+            for lang in old["languages"]:
+                if lang not in config["languages"]:
+                    config["languages"].append(lang)
+                    config["sparsity"][lang] = old.get("sparsity", {}).get(lang)
+        for lang in self.languages:
+            path = os.path.join(directory, mask_file_name(lang))
+            tmp = path + ".tmp"
+            save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
+                      metadata={"format": FORMAT, "language": lang})
+            os.replace(tmp, path)
+        _atomic_write_json(existing_path, config)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, languages: Iterable[str] | None = None) -> "LanguageMasks":
+        """Read a mask set; only the files of ``languages`` (default: all) are opened."""
+        directory = os.fspath(directory)
+        config = _read_config(directory)
+        known = config["languages"]
+        wanted = list(known) if languages is None else list(languages)
+        for lang in wanted:
+            if lang not in known:
+                raise MaskError(f"unknown language {lang!r} in {directory}; it has: {', '.join(known)}")
+        shapes = {name: tuple(shape) for name, shape in config["parameters"].items()}
+        metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing")}
+        metadata["available_languages"] = list(known)
+        masks = cls({}, shapes, metadata)
+        for lang in wanted:
+            path = os.path.join(directory, mask_file_name(lang))
+            masks._packed[lang] = masks._checked(lang, _read_tensors(path), where=path)
+        return masks
+
+
+def _read_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isdir(directory):
+        raise MaskError(f"mask directory {directory} does not exist")
+    if not os.path.isfile(path):
+        raise MaskError(f"{directory} is not a mask set: {CONFIG_NAME} is missing")
+    try:
+        with open(path) as fh:
+            config = json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise MaskError(f"{path}: cannot read mask config: {err}") from None
+    if config.get("format") != FORMAT:
+        raise MaskError(f"{path}: not a lasp mask config (format={config.get('format')!r})")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise MaskError(f"{path}: format version {config['format_version']} is newer than this lasp "
+                        f"understands ({FORMAT_VERSION}); upgrade lasp")
+    for key in ("languages", "parameters"):
+        if key not in config:
+            raise MaskError(f"{path}: missing key {key!r}")
+    return config
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise MaskError(f"mask file {path} is missing")
+    try:
+        with safe_open(path, framework="pt") as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}
+    except Exception as err:  # safetensors raises several types for truncated/corrupt files
+        raise MaskError(f"{path}: corrupt or truncated mask file ({type(err).__name__}: {err})") from None
