@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from conftest import make_ctc_batch, make_pretrain_batch
+from lasp.errors import ConfigError
+from lasp.pruning import make_language_masks, prune, sparsity_report
+from lasp.scoring import score_language
+from lasp.targets import select_targets
+
+
+def _scores(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"a": torch.rand(16, 24, generator=gen), "b": torch.rand(7, 13, generator=gen) * 3}
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77])
+def test_per_tensor_hits_sparsity_in_every_tensor(sparsity):
+    masks = prune(_scores(), sparsity, scope="per-tensor")
+    for name, m in masks.items():
+        removed = m.numel() - int(m.sum())
+        assert abs(removed - sparsity * m.numel()) <= 1, name
+
+
+def test_per_tensor_keeps_the_highest_scores():
+    scores = _scores()
+    masks = prune(scores, 0.5)
+    for name, s in scores.items():
+        assert s[masks[name]].min() >= s[~masks[name]].max()
+
+
+def test_global_scope_hits_overall_sparsity_with_one_threshold():
+    scores = _scores()
+    masks = prune(scores, 0.6, scope="global")
+    report = sparsity_report(masks)
+    total = sum(s.numel() for s in scores.values())
+    assert abs(report["sparsity"] * total - 0.6 * total) <= 1
+    kept = torch.cat([scores[n][masks[n]] for n in scores])
+    dropped = torch.cat([scores[n][~masks[n]] for n in scores])
+    assert kept.min() >= dropped.max()
+    # tensor b has larger scores, so it keeps more than tensor a
+    assert report["per_tensor"]["b"] < report["per_tensor"]["a"]
+
+
+def test_two_four_keeps_exactly_two_of_every_four():
+    scores = _scores()
+    scores["b"] = torch.rand(7, 16)
+    masks = prune(scores, None, pattern="2:4")
+    for m in masks.values():
+        assert (m.reshape(-1, 4).sum(dim=1) == 2).all()
+    masks = prune(scores, 0.5, pattern="2:4")
+    with pytest.raises(ConfigError, match="contradicts"):
+        prune(scores, 0.3, pattern="2:4")
+    with pytest.raises(ConfigError, match=r"b: input dimension 13"):
+        prune(_scores(), None, pattern="2:4")
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ConfigError, match="scope"):
+        prune(_scores(), 0.5, scope="layer")
+    with pytest.raises(ConfigError, match="pattern"):
+        prune(_scores(), 0.5, pattern="4:2")
+    with pytest.raises(ConfigError, match="sparsity"):
+        prune(_scores(), 1.5)
+
+
+def test_taylor_equals_hand_computation(tiny_ctc):
+    batch = make_ctc_batch(12, seed=3)
+    scores = score_language(tiny_ctc, [batch], scorer="taylor")
+    tiny_ctc.eval()
+    tiny_ctc.zero_grad()
+    tiny_ctc(**batch).loss.backward()
+    for name, p in select_targets(tiny_ctc).items():
+        torch.testing.assert_close(scores[name], (p.detach() * p.grad).abs(), rtol=1e-5, atol=1e-8)
+
+
+def test_fisher_accumulates_squared_gradients(tiny_ctc):
+    batches = [make_ctc_batch(12, seed=s) for s in (1, 2)]
+    scores = score_language(tiny_ctc, batches, scorer="fisher")
+    # scoring leaves the model as it was: no grads, requires_grad restored, training mode kept
+    assert all(p.grad is None and p.requires_grad for p in tiny_ctc.parameters())
+    assert tiny_ctc.training
+    tiny_ctc.eval()
+    expected = None
+    for batch in batches:
+        tiny_ctc.zero_grad()
+        tiny_ctc(**batch).loss.backward()
+        grads = {n: p.grad.clone() ** 2 for n, p in select_targets(tiny_ctc).items()}
+        expected = grads if expected is None else {n: expected[n] + grads[n] for n in grads}
+    for name in expected:
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-4, atol=1e-10)
+
+
+def test_pretraining_loss_scores_without_transcripts(tiny_pretraining):
+    batch = make_pretrain_batch(tiny_pretraining, seed=0)
+    scores = score_language(tiny_pretraining, [batch, batch], scorer="taylor", max_batches=1)
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in scores.values())
+    assert sum(float(s.sum()) for s in scores.values()) > 0
+
+
+def test_random_is_seeded_per_language(tiny_ctc):
+    a = score_language(tiny_ctc, None, scorer="random", seed=4, lang="es")
+    b = score_language(tiny_ctc, None, scorer="random", seed=4, lang="es")
+    c = score_language(tiny_ctc, None, scorer="random", seed=4, lang="de")
+    name = next(iter(a))
+    assert torch.equal(a[name], b[name]) and not torch.equal(a[name], c[name])
+
+
+def test_gradient_scorer_needs_data(tiny_ctc):
+    with pytest.raises(ConfigError, match="needs batches"):
+        score_language(tiny_ctc, None, scorer="taylor")
+
+
+def test_make_language_masks_records_metadata(tiny_ctc):
+    batches = {"es": [make_ctc_batch(12, seed=1)], "de": [make_ctc_batch(12, seed=2)]}
+    masks = make_language_masks(tiny_ctc, batches, scorer="taylor", sparsity=0.5, progress=False,
+                                base_model="tiny")
+    assert masks.languages == ["es", "de"]
+    assert masks.metadata["scorer"] == "taylor" and masks.metadata["base_model"] == "tiny"
+    for lang in masks.languages:
+        assert masks.sparsity(lang) == pytest.approx(0.5, abs=1e-3)
+    assert masks.iou("es", "de") < 1.0
