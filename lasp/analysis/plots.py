@@ -1,0 +1,143 @@
+"""PNG plots for the overlap and parameter analyses.
+
+Figures are built with :class:`matplotlib.figure.Figure` and written through the
+Agg canvas, never through pyplot: nothing here touches the global backend, opens
+a window or leaks figures, so the functions are safe in servers, tests and
+notebooks alike. Every function returns the path it wrote.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_iou_heatmap(iou_matrix: Sequence[Sequence[float]], languages: Sequence[str], path: str | os.PathLike,
+                     title: str = "Pairwise IoU of language masks", label: str = "IoU") -> str:
+    """Heatmap of an N×N matrix (IoU, or the asymmetric LaSS overlap: rows = A, columns = B)."""
+    matrix = np.asarray(iou_matrix, dtype=float)
+    n = len(languages)
+    size = max(3.5, 0.45 * n + 2.0)
+    fig = Figure(figsize=(size + 1.0, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(n), labels=list(languages), rotation=90 if n > 8 else 0)
+    ax.set_yticks(range(n), labels=list(languages))
+    if n <= 16:  # numbers stay legible up to about this size
+        for a in range(n):
+            for b in range(n):
+                value = matrix[a, b]
+                text = "–" if math.isnan(value) else f"{value:.2f}"
+                ax.text(b, a, text, ha="center", va="center", fontsize=7,
+                        color="black" if not math.isnan(value) and value > 0.6 else "white")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def plot_layer_curves(layers: Sequence[int], iou_per_layer: Sequence[Sequence[Sequence[float]]],
+                      density_per_layer: Sequence[Sequence[float]], languages: Sequence[str],
+                      path: str | os.PathLike) -> str:
+    """Left: mean pairwise IoU per layer with its min–max band. Right: each language's density per layer."""
+    layers = list(layers)
+    n = len(languages)
+    fig = Figure(figsize=(10, 4))
+    ax_iou, ax_density = fig.subplots(1, 2)
+    if n > 1:
+        iu = np.triu_indices(n, k=1)
+        pairs = np.array([np.asarray(m, dtype=float)[iu] for m in iou_per_layer])  # [layers, pairs]
+        mean = np.nanmean(pairs, axis=1)
+        ax_iou.fill_between(layers, np.nanmin(pairs, axis=1), np.nanmax(pairs, axis=1), alpha=0.25,
+                            label="min–max over pairs")
+        ax_iou.plot(layers, mean, marker="o", label="mean over pairs")
+        ax_iou.legend(fontsize=8)
+    ax_iou.set_xlabel("encoder layer")
+    ax_iou.set_ylabel("pairwise IoU")
+    ax_iou.set_ylim(0, 1.02)
+    ax_iou.set_title("Sharing per layer")
+    density = np.asarray(density_per_layer, dtype=float)  # [layers, languages]
+    for j, lang in enumerate(languages):
+        ax_density.plot(layers, density[:, j], marker=".", label=lang)
+    ax_density.set_xlabel("encoder layer")
+    ax_density.set_ylabel("fraction of weights kept")
+    ax_density.set_ylim(0, 1.02)
+    ax_density.set_title("Mask density per layer")
+    if n <= 12:
+        ax_density.legend(fontsize=7, ncol=2)
+    for ax in (ax_iou, ax_density):
+        ax.set_xticks(layers)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_dendrogram(linkage: Sequence[Sequence[float]], languages: Sequence[str], path: str | os.PathLike) -> str:
+    """Dendrogram of the languages clustered on 1 − IoU."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    fig = Figure(figsize=(max(4.0, 0.5 * len(languages) + 2.0), 3.5))
+    ax = fig.add_subplot()
+    dendrogram(np.asarray(linkage, dtype=float), labels=list(languages), ax=ax, color_threshold=None)
+    ax.set_ylabel("1 − IoU")
+    ax.set_title("Languages clustered by mask overlap (average linkage)")
+    return _save(fig, path)
+
+
+def plot_sharing_histogram(counts: Sequence[int], path: str | os.PathLike) -> str:
+    """Fraction of the union of all masks kept by exactly k languages, k = 1..N."""
+    counts = np.asarray(counts, dtype=float)
+    union = counts[1:].sum()
+    ks = np.arange(1, len(counts))
+    fractions = counts[1:] / union if union else np.zeros_like(ks, dtype=float)
+    fig = Figure(figsize=(max(4.0, 0.4 * len(ks) + 2.5), 3.5))
+    ax = fig.add_subplot()
+    bars = ax.bar(ks, fractions, color="tab:blue")
+    if len(ks) > 1:
+        bars[0].set_color("tab:orange")   # unique to one language
+        bars[-1].set_color("tab:green")   # shared by all
+    ax.set_xticks(ks)
+    ax.set_xlabel("number of languages keeping the weight")
+    ax.set_ylabel("fraction of the union of masks")
+    not_kept = counts[0] / counts.sum() if counts.sum() else 0.0
+    ax.set_title(f"Weight sharing across languages ({not_kept:.1%} of targets kept by none)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_parameter_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                        key: str = "per_language_bytes") -> str:
+    """Horizontal bars (log scale) of the language-specific storage of each method in a parameter table."""
+    labels = [f"{r['method']} ({r['setting']})" if r.get("setting") else str(r["method"]) for r in rows]
+    values = [float(r.get(key) or 0) for r in rows]
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.5))
+    ax = fig.add_subplot()
+    positions = np.arange(len(rows))
+    ax.barh(positions, [max(v, 1.0) for v in values], color="tab:purple")
+    ax.set_yticks(positions, labels=labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    for y, v in zip(positions, values):
+        ax.text(max(v, 1.0), y, f" {_human_bytes(v)}" if "bytes" in key else f" {v:,.0f}", va="center", fontsize=8)
+    ax.set_xlabel(key.replace("_", " ") + " (log scale)")
+    ax.set_title("Language-specific storage per language")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
