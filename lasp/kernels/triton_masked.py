@@ -96,7 +96,7 @@ def build_plan(row_lang: torch.Tensor, rows_per_example: int, num_langs: int, bl
     seg = torch.searchsorted(tile_cum, t, right=True)
     seg_c = seg.clamp(max=num_langs - 1)
     tile_start = seg_start[seg_c] + (t - first_tile[seg_c]) * block_m
-    tile_end = torch.where(seg < num_langs, seg_end[seg_c], tile_start)
+    tile_end = torch.where(seg < num_langs, torch.minimum(seg_end[seg_c], tile_start + block_m), tile_start)
     i32 = torch.int32
     return SegmentPlan(perm.to(i32), seg_start.to(i32), seg_end.to(i32), tile_start.to(i32), tile_end.to(i32),
                        seg_c.to(i32), block_m)
