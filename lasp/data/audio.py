@@ -20,6 +20,14 @@ SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 
 
+class AudioError(DataError):
+    """A DataError about one audio file; ``reason`` is a short code used to count skipped rows."""
+
+    def __init__(self, path: str, reason: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.reason, self.detail = path, reason, message
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What the file header says, read without decoding the samples."""
@@ -42,7 +50,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         info = sf.info(path)
     except Exception as err:  # libsndfile reports corrupt and non-audio files alike
-        raise DataError(f"{path}: not a readable audio file ({_reason(err)})") from None
+        raise AudioError(path, "unreadable_audio", f"not a readable audio file ({_reason(err)})") from None
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
 
 
@@ -62,7 +70,7 @@ def load_audio(
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as err:
-        raise DataError(f"{path}: cannot decode audio ({_reason(err)})") from None
+        raise AudioError(path, "unreadable_audio", f"cannot decode audio ({_reason(err)})") from None
     return prepare_audio(data, sr, sample_rate, min_peak=min_peak, name=path)
 
 
@@ -79,12 +87,12 @@ def prepare_audio(
     if data.ndim == 2:
         data = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if data.size == 0:
-        raise DataError(f"{name}: audio is empty (0 samples)")
+        raise AudioError(name, "empty_audio", "audio is empty (0 samples)")
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise DataError(f"{name}: audio contains {bad} NaN/inf samples")
+        raise AudioError(name, "nan_samples", f"audio contains {bad} NaN/inf samples")
     if min_peak is not None and float(np.abs(data).max()) < min_peak:
-        raise DataError(f"{name}: audio is silent (peak amplitude below {min_peak:g})")
+        raise AudioError(name, "silent_audio", f"audio is silent (peak amplitude below {min_peak:g})")
     if source_rate != sample_rate:
         # soxr's default (HQ) quality; float32 in, float32 out.
         data = soxr.resample(data, source_rate, sample_rate)
@@ -93,9 +101,9 @@ def prepare_audio(
 
 def _check_exists(path: str) -> None:
     if not os.path.exists(path):
-        raise DataError(f"{path}: audio file not found")
+        raise AudioError(path, "missing_file", "audio file not found")
     if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not an audio file")
+        raise AudioError(path, "missing_file", "is a directory, not an audio file")
 
 
 def _reason(err: Exception) -> str:
