@@ -1,0 +1,130 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is a directory ``<run_dir>/checkpoints/step-NNNNNNNN/`` holding
+``model.safetensors`` (every trainable tensor: model, adapters) and
+``state.pt`` (optimizer, scheduler, sampler, RNG, step, counters; plain
+tensors and containers, read back with ``torch.load(weights_only=True)``).
+
+Atomicity: the directory is written under a temporary name, fsynced and
+renamed; only then is the one-line ``latest`` file replaced (write + fsync +
+``os.replace``). A process killed at any point leaves ``latest`` naming a
+complete checkpoint; half-written temporary directories are removed on the
+next save.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lasp.errors import ConfigError
+
+LATEST = "latest"
+_TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from (torch CPU/CUDA, numpy's global, Python's)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = checkpoint_dir(run_dir)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = root / name
+    if not (path / "model.safetensors").is_file() or not (path / "state.pt").is_file():
+        raise ConfigError(f"{pointer} names {name!r}, which is not a complete checkpoint")
+    return path
+
+
+def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically and drop all but the newest ``keep``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(_TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"step-{step:08d}"
+    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp.mkdir()
+    # clone: safetensors refuses tensors that share storage, and a view may be non-contiguous
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    final = root / name
+    if final.exists():  # re-saving a step (a resumed run that stopped exactly there)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    pointer_tmp = root / f"{_TMP_PREFIX}{LATEST}-{os.getpid()}"
+    pointer_tmp.write_text(name + "\n", encoding="utf-8")
+    _fsync_file(pointer_tmp)
+    os.replace(pointer_tmp, root / LATEST)
+    _fsync_dir(root)
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep] if keep > 0 else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint directory back: (tensors, state). No pickle beyond torch's weights-only loader."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path / "model.safetensors"))
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {err}") from None
+    return tensors, state

@@ -1,0 +1,188 @@
+"""The training loop both stages share.
+
+One step: take the next batch of the stream (its languages select the
+sub-network / adapter), compute the stage's loss, back-propagate, sum the
+gradients over ranks and divide by the global normaliser (masked frames for
+pre-training, one per rank for CTC's per-utterance mean), clip, take a
+(confined) optimizer step and advance the LR schedule. A non-finite loss or
+gradient skips the update on every rank and is counted (``skipped_nonfinite``);
+the batch is consumed and the schedule still advances, so a step index always
+means the same batch and learning rate.
+
+Checkpoints hold everything a resumed run needs to continue bit-for-bit on the
+same hardware: trainable tensors, optimizer, scheduler, the batch stream's
+(sampler's) state, every RNG, the step, counters and the training time already
+spent (``max_minutes`` counts across resumes).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from lasp.config_schema import StageConfig
+from lasp.errors import ConfigError
+from lasp.train import distributed as D
+from lasp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lasp.train.logging import MetricsLogger
+from lasp.train.schedule import lr_factor
+from lasp.train.systems import System
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, Any]  # model keyword arguments (tensors)
+    langs: list[str]  # one language per example
+
+
+class BatchStream(Protocol):
+    def next(self, step: int) -> Batch: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# (system, batch, step) -> (loss to back-propagate, its normaliser weight, scalars to log)
+LossFn = Callable[[System, Batch, int], "tuple[torch.Tensor, float, dict[str, float]]"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    skipped_nonfinite: int
+    elapsed_s: float
+    last_loss: float | None
+    stopped_by: str  # "max_steps" | "max_minutes"
+    history: list[dict] = field(default_factory=list)
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], stage: StageConfig) -> torch.optim.Optimizer:
+    o = stage.optim
+    if not params:
+        raise ConfigError("nothing to train: no parameter requires a gradient")
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: StageConfig, run_dir: str | Path,
+               info: D.DistInfo | None = None, on_step_start: Callable[[int], None] | None = None,
+               callbacks: dict[str, Callable] | None = None, desc: str = "train",
+               progress: bool = True) -> TrainResult:
+    """Train ``system`` for ``stage.max_steps`` (or ``stage.max_minutes``), resuming from run_dir if asked.
+
+    ``callbacks``: ``{"on_checkpoint": fn(step, path)}``, called on rank 0 after each checkpoint is complete.
+    """
+    info = info or D.DistInfo()
+    run_dir = Path(run_dir)
+    callbacks = callbacks or {}
+    named = system.named_trainable()
+    params = [p for _, p in named]
+    inner = make_optimizer(params, stage)
+    optimizer = system.wrap_optimizer(inner)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(inner, lr_factor(stage.optim, stage.max_steps))
+    use_scaler = info.device.type == "cuda" and stage.precision == "fp16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    confined = optimizer is not inner
+
+    step, skipped, elapsed_before = 0, 0, 0.0
+    ckpt = latest_checkpoint(run_dir) if stage.resume else None
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt)
+        system.load_state_tensors(tensors)
+        inner.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if use_scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        ranks = state["ranks"]
+        if len(ranks) != info.world_size:
+            raise ConfigError(f"{ckpt} was written by {len(ranks)} rank(s); resume it with the same number "
+                              f"(this run has {info.world_size})")
+        stream.load_state_dict(ranks[info.rank]["stream"])
+        set_rng_state(ranks[info.rank]["rng"])
+        step, skipped, elapsed_before = int(state["step"]), int(state["skipped_nonfinite"]), float(state["elapsed_s"])
+
+    def save(at: int) -> Path | None:
+        per_rank = D.all_gather_object({"stream": stream.state_dict(), "rng": rng_state()}, info)
+        path = None
+        if info.is_main:
+            state = {"step": at, "optimizer": inner.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if use_scaler else {}, "ranks": per_rank,
+                     "skipped_nonfinite": skipped, "elapsed_s": elapsed_before + (time.monotonic() - t0)}
+            path = save_checkpoint(run_dir, at, system.state_tensors(), state, keep=stage.keep_checkpoints)
+        D.barrier(info)
+        if path is not None and "on_checkpoint" in callbacks:
+            callbacks["on_checkpoint"](at, path)
+        return path
+
+    logger = MetricsLogger(run_dir, total=stage.max_steps, initial=step, rank=info.rank, progress=progress,
+                           desc=desc)
+    if info.is_main and ckpt is not None:
+        logger.log(step, {"resumed_from": str(ckpt)}, kind="event")
+    t0 = time.monotonic()
+    last_loss = None
+    stopped_by = "max_steps"
+    last_saved = step if ckpt is not None else -1
+    budget = stage.max_minutes * 60.0 if stage.max_minutes is not None else math.inf
+    system.train(True)
+    try:
+        while step < stage.max_steps:
+            over = elapsed_before + (time.monotonic() - t0) >= budget
+            if D.any_rank(over, info):
+                stopped_by = "max_minutes"
+                break
+            if on_step_start is not None:
+                on_step_start(step)
+            batch = stream.next(step)
+            system.set_language(batch.langs)
+            with _autocast(info.device, stage.precision):
+                loss, weight, metrics = loss_fn(system, batch, step)
+            bad = D.any_rank(not bool(torch.isfinite(loss.detach()).all()), info)
+            if not bad:
+                scaler.scale(loss).backward()
+            total_weight = D.all_sum(weight, info)
+            grad_norm = float("nan")
+            if not bad:
+                D.all_reduce_grads(params, max(total_weight, 1e-12), info)
+                if use_scaler:
+                    scaler.unscale_(inner)
+                clip = stage.optim.max_grad_norm if stage.optim.max_grad_norm > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                bad = not math.isfinite(grad_norm)  # identical on every rank after the all-reduce
+            langs = D.step_languages(batch.langs, info)
+            if bad:
+                skipped += 1
+            elif confined:
+                optimizer.step(languages=langs)
+            else:
+                optimizer.step()
+            if use_scaler:
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            loss_sum = D.all_sum(float(loss.detach()) if not bad else 0.0, info)
+            last_loss = loss_sum / max(total_weight, 1e-12) if not bad else float("nan")
+            logger.advance()
+            if step % stage.log_every == 0 or step == stage.max_steps:
+                logger.log(step, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                  "skipped_nonfinite": skipped, "langs": ",".join(langs), **metrics})
+            if step % stage.ckpt_every == 0:
+                save(step)
+                last_saved = step
+        if last_saved != step:
+            save(step)
+    finally:
+        logger.close()
+    elapsed = elapsed_before + (time.monotonic() - t0)
+    return TrainResult(run_dir=run_dir, step=step, skipped_nonfinite=skipped, elapsed_s=elapsed,
+                       last_loss=last_loss, stopped_by=stopped_by)

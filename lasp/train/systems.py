@@ -1,0 +1,153 @@
+"""The systems one runner trains and compares, behind one small interface.
+
+  shared    the plain model, every batch updates every weight (no masks)
+  lasp      importance masks: each language runs through and updates only its sub-network
+  random    random masks with exactly the lasp masks' per-tensor density (the LaSS control)
+  adapters  MMS-style per-language adapters (lasp.baselines.adapters)
+
+A System exposes ``set_language(langs)``, ``forward``, the parameters to
+optimise, a wrapped optimizer (confined for masked systems), the tensors a
+checkpoint holds, and ``save(dir)`` for the final model. ``load_system(dir)``
+reads any of them back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from lasp.baselines.adapters import ADAPTERS_CONFIG, LanguageAdapters
+from lasp.confine import ConfinedOptimizer
+from lasp.errors import ConfigError
+from lasp.masked import WRAPPER_CONFIG, MaskedModel
+from lasp.masks import LanguageMasks
+from lasp.scoring import language_seed
+
+SYSTEM_FILE = "lasp_system.json"
+
+
+class System:
+    def __init__(self, name: str, model: nn.Module, wrapper: nn.Module | None = None):
+        self.name = name
+        self.model = model  # the Hugging Face model
+        self.wrapper = wrapper  # MaskedModel / LanguageAdapters / None
+
+    # -- running
+    def set_language(self, langs: str | Sequence[str] | None) -> None:
+        if self.wrapper is not None:
+            self.wrapper.set_language(langs)
+
+    def __call__(self, **inputs):
+        return (self.wrapper or self.model)(**inputs)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+        if self.wrapper is not None:
+            self.wrapper.train(mode)
+
+    # -- optimisation
+    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        out = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if isinstance(self.wrapper, LanguageAdapters):
+            out += [(f"adapters.{n}", p) for n, p in self.wrapper.adapters.named_parameters()]
+        return out
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer):
+        if isinstance(self.wrapper, MaskedModel):
+            return ConfinedOptimizer(optimizer, self.wrapper)
+        return optimizer
+
+    # -- checkpoint tensors (everything that trains; masks are fixed and saved once)
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if isinstance(self.wrapper, LanguageAdapters):
+            out.update({f"adapters.{k}": v for k, v in self.wrapper.adapters.state_dict().items()})
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing, unexpected = self.model.load_state_dict(model_sd, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if isinstance(self.wrapper, LanguageAdapters):
+            ad = {k[len("adapters."):]: v for k, v in tensors.items() if k.startswith("adapters.")}
+            self.wrapper.adapters.load_state_dict(ad)
+
+    # -- export
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.wrapper, MaskedModel):
+            self.wrapper.save_pretrained(directory)
+        else:
+            self.model.save_pretrained(directory)
+            if isinstance(self.wrapper, LanguageAdapters):
+                self.wrapper.save(directory)
+        (directory / SYSTEM_FILE).write_text(json.dumps({"system": self.name}) + "\n")
+        return directory
+
+    def summary(self) -> str:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for _, p in self.named_trainable())
+        line = f"system {self.name}: {trainable:,} trainable parameters (model: {total:,})"
+        if isinstance(self.wrapper, MaskedModel):
+            m = self.wrapper.masks
+            line += " | density " + ", ".join(f"{l} {m.density(l):.2f}" for l in self.wrapper.languages)
+        return line
+
+
+def random_masks_like(masks: LanguageMasks, seed: int) -> LanguageMasks:
+    """Random masks keeping, per language and tensor, exactly as many weights as ``masks`` does."""
+    dense = {}
+    for lang in masks.languages:
+        gen = torch.Generator().manual_seed(language_seed(seed, lang))
+        dense[lang] = {}
+        for name, m in masks[lang].items():
+            keep = int(m.sum())
+            order = torch.randperm(m.numel(), generator=gen)
+            flat = torch.zeros(m.numel(), dtype=torch.bool)
+            flat[order[:keep]] = True
+            dense[lang][name] = flat.view(m.shape)
+    return LanguageMasks.from_dense(dense, base_model=masks.metadata.get("base_model"), scorer="random",
+                                    data=None, sparsity={l: masks.sparsity(l) for l in masks.languages},
+                                    extra={"matched_to": "per-tensor density of a lasp mask set", "seed": seed})
+
+
+def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks: LanguageMasks | None = None,
+                 adapter_dim: int = 16, freeze_base: bool = True) -> System:
+    if name == "shared":
+        return System(name, model)
+    if name in ("lasp", "random"):
+        if masks is None:
+            raise ConfigError(f"system {name!r} needs a mask set (masks.dir)")
+        missing = [l for l in languages if l not in masks.languages]
+        if missing:
+            raise ConfigError(f"mask set has no mask for language {missing[0]!r} (it has {', '.join(masks.languages)})")
+        return System(name, model, MaskedModel(model, masks.subset(list(languages))))
+    if name == "adapters":
+        return System(name, model, LanguageAdapters(model, list(languages), dim=adapter_dim, freeze_base=freeze_base))
+    raise ConfigError(f"unknown system {name!r}")
+
+
+def load_system(directory: str | os.PathLike, head: str = "ctc", device: torch.device | str = "cpu") -> System:
+    """Read back what ``System.save`` wrote (or any plain HF checkpoint directory, as a shared system)."""
+    from lasp.models import load_model
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"{directory}: not a model directory (no config.json)")
+    name = "shared"
+    if (directory / SYSTEM_FILE).is_file():
+        name = json.loads((directory / SYSTEM_FILE).read_text())["system"]
+    if (directory / WRAPPER_CONFIG).is_file():
+        mm = MaskedModel.from_pretrained(directory, head=head)
+        mm.model.to(device)
+        return System(name, mm.model, mm)
+    model = load_model(str(directory), head=head).to(device)
+    if (directory / ADAPTERS_CONFIG).is_file():
+        return System(name, model, LanguageAdapters.load(model, directory))
+    return System(name, model)
