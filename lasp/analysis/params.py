@@ -129,18 +129,19 @@ def lora_count(model: nn.Module, target_names: Sequence[str], rank: int, use_pef
     if not modules:
         raise ConfigError("LoRA: none of the targeted parameters is a Linear weight")
     note = f"; {len(skipped)} non-Linear target(s) not adapted" if skipped else ""
+    reason = "peft not used"
     if use_peft is None:
         try:
             import peft  # noqa: F401
             use_peft = True
         except ImportError:
-            use_peft = False
+            use_peft, reason = False, "peft not installed"
     if not use_peft:
         count = 0
         for module_name in modules:
             linear = model.get_submodule(module_name)
             count += rank * (linear.in_features + linear.out_features)
-        return count, "formula r·(in+out) (peft not installed)" + note
+        return count, f"formula r·(in+out) ({reason})" + note
     import copy
 
     from peft import LoraConfig, get_peft_model
