@@ -93,7 +93,9 @@ def decode_language(system, dataset, indices: Sequence[int], vocab, lang: str, b
     system.set_language(lang)
     system.train(False)
     for start in range(0, len(order), batch_size):
-        items = [dataset[i] for i in order[start:start + batch_size]]
+        items = [it for it in (dataset[i] for i in order[start:start + batch_size]) if it is not None]
+        if not items:  # undecodable files were reported and counted by the dataset
+            continue
         values, attn = pad_waveforms([it["input_values"] for it in items])
         inputs = {"input_values": values.to(device)}
         if model.config.feat_extract_norm == "layer":

@@ -76,6 +76,7 @@ def make_sampler(data: DataConfig, dataset, seed: int, rank: int = 0, world_size
 
 def pad_waveforms(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad 1-D waveforms to a (B, T) batch; also return the (B, T) attention mask."""
+    waves = [torch.as_tensor(np.asarray(w, dtype=np.float32)).reshape(-1) for w in waves]
     lengths = [int(w.numel()) for w in waves]
     out = torch.zeros(len(waves), max(lengths))
     mask = torch.zeros(len(waves), max(lengths), dtype=torch.long)
@@ -138,8 +139,9 @@ class SamplerStream:
         self._it = iter(sampler)
 
     def next(self, step: int) -> Batch:
-        indices = next(self._it)
-        items = [self.dataset[i] for i in indices]
+        items: list = []
+        while not items:  # an undecodable file yields None (reported and counted by the dataset)
+            items = [it for it in (self.dataset[i] for i in next(self._it)) if it is not None]
         inputs = self.build(items, step)
         inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         return Batch(inputs, [it["lang"] for it in items])
@@ -162,5 +164,7 @@ def language_batches(dataset, lang: str, batch_size: int, build, count: int, see
     out = []
     for b in range(count):
         chosen = [order[(b * batch_size + j) % len(order)] for j in range(batch_size)]
-        out.append(build([dataset[i] for i in chosen], b))
+        items = [it for it in (dataset[i] for i in chosen) if it is not None]
+        if items:
+            out.append(build(items, b))
     return out
