@@ -21,7 +21,7 @@ _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
 _EE_OK = 0
 
 # Our language codes where espeak-ng names its voice differently.
-VOICE_NAMES = {"zh": "cmn", "nb": "nb", "no": "nb", "fil": "tl"}
+VOICE_NAMES = {"zh": "cmn", "no": "nb"}
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
