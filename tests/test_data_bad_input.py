@@ -1,0 +1,133 @@
+"""Every kind of bad row is reported with its manifest row and path: skipped and counted, or raised."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from data_fixtures import tone, write_audio
+
+from lasp.data.collate import CTCCollator
+from lasp.data.dataset import SpeechDataset
+from lasp.data.manifest import read_manifest
+from lasp.data.text import Vocabulary
+from lasp.errors import DataError
+
+# (file name, how to make it, text, lang, reason found by check(), reason found only by decoding)
+CASES = [
+    ("good.flac", "tone", "hola amigo", "es", None, None),
+    ("missing.flac", None, "hola", "es", "missing_file", None),
+    ("empty.wav", "empty", "hola", "es", "empty_audio", None),
+    ("silent.flac", "silent", "hola", "es", None, "silent_audio"),
+    ("corrupt.mp3", "corrupt", "hola", "es", "unreadable_audio", None),
+    ("notes.flac", "text", "hola", "es", "unreadable_audio", None),
+    ("nan.wav", "nan", "hola", "es", None, "nan_samples"),
+    ("long.flac", "long", "hola", "es", "too_long", None),
+    ("notext.flac", "tone", " ¿?! ", "es", "empty_text", None),
+    ("oov.flac", "tone", "hola ñandú", "es", "unknown_chars", None),
+    ("lang.flac", "tone", "hola", "xx", "unknown_language", None),
+]
+
+
+def _make(path: str, kind: str | None) -> None:
+    if kind == "tone":
+        write_audio(path, tone(0.5))
+    elif kind == "empty":
+        sf.write(path, np.zeros(0, np.float32), 16000, format="WAV")
+    elif kind == "silent":
+        write_audio(path, np.zeros(8000, np.float32))
+    elif kind == "corrupt":
+        with open(path, "wb") as fh:
+            fh.write(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+    elif kind == "text":
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("this is not audio\n" * 50)
+    elif kind == "nan":
+        x = tone(0.5)
+        x[100:110] = np.nan
+        sf.write(path, x, 16000, format="WAV", subtype="FLOAT")
+    elif kind == "long":
+        write_audio(path, tone(3.0))
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    rows = []
+    os.makedirs(tmp_path / "audio")
+    for name, kind, text, lang, _, _ in CASES:
+        if kind:
+            _make(str(tmp_path / "audio" / name), kind)
+        rows.append({"audio": f"audio/{name}", "text": text, "lang": lang, "duration": None})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _dataset(manifest, **kw):
+    vocab = Vocabulary.build(["hola amigo"])
+    return SpeechDataset(read_manifest(manifest), vocab=vocab, max_seconds=2.0, known_languages={"es", "de"}, **kw)
+
+
+def test_skip_policy_counts_each_bad_row_with_row_and_path(manifest):
+    ds = _dataset(manifest)
+    report = ds.report()
+    found = {b.row: b for b in report.bad}
+    for row, (name, _, _, _, reason, _) in enumerate(CASES, start=1):
+        if reason is None:
+            assert row not in found
+            continue
+        bad = found[row]
+        assert bad.reason == reason, name
+        assert str(bad).startswith(f"{manifest}:{row} (") and name in str(bad)
+    assert len(ds) == 3  # good, silent and NaN pass the cheap checks
+    assert report.total == len(CASES)
+    summary = ds.summary()
+    assert summary.startswith(f"skipped 8 of {len(CASES)} rows") and "missing" in summary and "empty transcript" in summary
+
+
+def test_decode_time_failures_are_skipped_by_the_collator_and_counted(manifest):
+    ds = _dataset(manifest)
+    items = [ds[i] for i in range(len(ds))]
+    assert [it is None for it in items] == [False, True, True]  # good, silent, NaN
+    assert {b.reason for b in ds.report().bad} >= {"silent_audio", "nan_samples"}
+    nan_row = next(b for b in ds.report().bad if b.reason == "nan_samples")
+    assert nan_row.row == 7 and nan_row.audio.endswith("nan.wav")
+    batch = CTCCollator()(items)
+    assert batch["input_values"].shape[0] == 1 and batch["langs"] == ["es"]
+
+
+def test_full_decode_check_finds_everything_up_front(manifest):
+    ds = _dataset(manifest, check=False)
+    report = ds.check(decode=True)
+    assert len(ds) == 1 and len(report) == len(CASES) - 1
+    assert {b.reason for b in report.bad} == {c[4] or c[5] for c in CASES[1:]}
+
+
+@pytest.mark.parametrize("row", [r for r, c in enumerate(CASES, start=1) if c[4]])
+def test_error_policy_raises_naming_row_and_path(manifest, row):
+    name = CASES[row - 1][0]
+    utts = read_manifest(manifest)
+    with pytest.raises(DataError) as err:
+        SpeechDataset([utts[0], utts[row - 1]], vocab=Vocabulary.build(["hola amigo"]), max_seconds=2.0,
+                      known_languages={"es"}, on_bad="error")
+    assert f"train.jsonl:{row} (" in str(err.value) and name in str(err.value)
+
+
+def test_error_policy_at_decode_time_names_the_file(manifest):
+    utts = read_manifest(manifest)
+    ds = SpeechDataset([utts[0], utts[3], utts[6]], on_bad="error")  # pass the cheap checks, fail decoding
+    assert ds[0] is not None
+    with pytest.raises(DataError, match=r"train\.jsonl:4 \(.*silent\.flac\): audio is silent"):
+        ds[1]
+    with pytest.raises(DataError, match=r"train\.jsonl:7 \(.*nan\.wav\): audio contains 10 NaN/inf samples"):
+        ds[2]
+
+
+def test_info_command_lists_bad_rows(manifest, capsys):
+    from lasp.cli import main
+
+    assert main(["data", "info", manifest, "--decode", "--max-seconds", "2", "--known-languages", "es"]) == 0
+    out = capsys.readouterr().out
+    assert "2 usable of 11 rows" in out and "silent.flac" in out and "missing.flac" in out
