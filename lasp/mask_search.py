@@ -71,7 +71,6 @@ def prune_from_manifest(
         net = load_model(model, head="pretraining")
         collator = PretrainCollator(net.config, seed=seed)
     dataset = SpeechDataset(utterances, vocab=vocab, on_bad=on_bad, max_seconds=max_seconds)
-    dataset.check()
     by_lang: dict[str, list[int]] = {lang: [] for lang in langs}
     for i, lang in enumerate(dataset.langs):
         if lang in by_lang:

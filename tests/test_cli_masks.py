@@ -1,0 +1,46 @@
+"""`lasp prune` on the tiny preset and a small synthesized manifest, then `lasp masks info`."""
+import pytest
+
+from lasp.cli import main
+from lasp.masks import LanguageMasks
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    from lasp.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    return synthesize_corpus(["es", "de"], out, utterances_per_lang=6, test_utterances=2, dev_utterances=2,
+                             seed=0, workers=1)
+
+
+def test_prune_then_info(small_corpus, tmp_path, capsys):
+    out = tmp_path / "masks"
+    code = main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--scorer", "taylor",
+                 "--sparsity", "0.5", "--batches", "2", "--batch-size", "2", "--out", str(out)])
+    assert code == 0
+    masks = LanguageMasks.load(out)
+    assert masks.languages == ["es", "de"]
+    assert masks.metadata["scorer"] == "taylor" and masks.metadata["base_model"] == "tiny"
+    assert all(masks.sparsity(lang) == pytest.approx(0.5, abs=1e-6) for lang in masks.languages)
+    capsys.readouterr()
+    assert main(["masks", "info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "density 0.5000" in printed and "pairwise IoU" in printed
+    iou = masks.iou("es", "de")
+    assert f"{iou:.3f}" in printed and 0.0 < iou < 1.0
+
+
+def test_prune_two_four_global_errors(small_corpus, tmp_path, capsys):
+    out = tmp_path / "m24"
+    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--scorer", "magnitude",
+                 "--pattern", "2:4", "--out", str(out)]) == 0
+    masks = LanguageMasks.load(out)
+    m = next(iter(masks["es"].values()))
+    assert (m.reshape(-1, 4).sum(1) == 2).all()
+    capsys.readouterr()
+    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--langs", "es,sw",
+                 "--scorer", "magnitude", "--out", str(tmp_path / "x")]) == 1
+    assert "no usable utterance of language 'sw'" in capsys.readouterr().err
+    assert main(["masks", "info", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
