@@ -200,12 +200,12 @@ class StructuredMasks:
             out[f"{prefix}feed_forward.output_dense.weight"] = neurons[None, :].expand(hidden, ffn).clone()
         return out
 
-    def to_language_masks(self, model: nn.Module | None = None):
+    def to_language_masks(self, base_model: str | None = None):
         """An ordinary :class:`lasp.masks.LanguageMasks`, trainable through the masked model."""
         from lasp.masks import LanguageMasks
 
         return LanguageMasks.from_dense({lang: self.weight_masks(lang) for lang in self.languages},
-                                        base_model=model, extra={"structured": self.metadata})
+                                        base_model=base_model, extra={"structured": self.metadata})
 
     def summary(self, lang: str) -> dict[str, float]:
         self._require(lang)
