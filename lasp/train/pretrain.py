@@ -64,14 +64,14 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     def loss_fn(sys: System, batch: Batch, step: int):
         out = sys(**batch.inputs)
         frames = float(batch.inputs["mask_time_indices"].sum())
-        ppl = float(out.codevector_perplexity)
+        ppl = float(out.codevector_perplexity.detach())
         if ppl < p.perplexity_warn * codebook and not collapse["warned"] and info.is_main:
             warnings.warn(f"pretrain step {step}: codevector perplexity {ppl:.1f} is below "
                           f"{p.perplexity_warn:g} × {codebook} codevectors — the quantizer is collapsing "
                           "(raise diversity_weight or gumbel_max, or lower the learning rate)", stacklevel=2)
             collapse["warned"] = True
-        metrics = {"contrastive": float(out.contrastive_loss) / max(frames, 1.0),
-                   "diversity": float(out.diversity_loss) / max(frames, 1.0), "ppl": ppl,
+        metrics = {"contrastive": float(out.contrastive_loss.detach()) / max(frames, 1.0),
+                   "diversity": float(out.diversity_loss.detach()) / max(frames, 1.0), "ppl": ppl,
                    "ppl_collapsed": float(ppl < p.perplexity_warn * codebook),
                    "gumbel_temp": float(model.quantizer.temperature), "masked_frames": frames}
         return out.loss, frames, metrics

@@ -1,0 +1,106 @@
+"""pretrain / finetune / evaluate end to end on a tiny corpus, for every system."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lasp.cli import main
+from lasp.masks import LanguageMasks
+from lasp.train.logging import read_metrics
+from test_train_support import FAST_MODEL, fast_recipe, make_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _init_model(cfg, head):
+    from lasp.models import load_model
+
+    torch.manual_seed(cfg.seed)  # what start_stage does before building the model
+    return load_model(cfg.model.name, head=head, **cfg.model.overrides)
+
+
+def test_language_adaptive_pretraining(tmp_path, corpus):
+    cfg = fast_recipe(tmp_path, corpus, "pretrain.system=lasp", "pretrain.max_steps=6", "pretrain.perplexity_warn=1.0")
+    from lasp.train.pretrain import pretrain
+
+    init = {n: p.detach().clone() for n, p in _init_model(cfg, "pretraining").named_parameters()}
+    with pytest.warns(UserWarning, match="codevector perplexity .* collapsing"):
+        final = pretrain(cfg, progress=False)
+    masks = LanguageMasks.load(final / "masks")
+    assert masks.languages == ["de", "es"]
+    assert masks.sparsity("es") == pytest.approx(0.5, abs=0.01)
+    union = masks.union(["de", "es"])
+    weights = load_file(str(final / "model.safetensors"))
+    moved = 0
+    for name, keep in union.items():
+        w = weights["wav2vec2." + name]
+        assert torch.equal(w[~keep], init["wav2vec2." + name][~keep]), name  # never in any sub-network
+        moved += int((w[keep] != init["wav2vec2." + name][keep]).sum())
+    assert moved > 0
+    recs = [r for r in read_metrics(final.parent) if r["kind"] == "train"]
+    assert len(recs) == 6
+    assert all(r["ppl"] > 0 and r["masked_frames"] > 0 and r["langs"] in ("de", "es") for r in recs)
+    assert recs[0]["gumbel_temp"] == pytest.approx(2.0) and recs[0]["ppl_collapsed"] == 1.0
+    summary = json.loads((final / "train_summary.json").read_text())
+    assert summary["step"] == 6 and summary["system"] == "lasp"
+
+
+def test_adapters_train_only_adapters_and_head(tmp_path, corpus):
+    from lasp.train.finetune import finetune
+
+    cfg = fast_recipe(tmp_path, corpus, "finetune.system=adapters", "finetune.max_steps=4", "adapters.dim=4")
+    init = {n: p.detach().clone() for n, p in _init_model(cfg, "ctc").named_parameters()}
+    final = finetune(cfg, progress=False)
+    weights = load_file(str(final / "model.safetensors"))
+    for name, w in weights.items():
+        if name.startswith("lm_head."):
+            continue  # the shared CTC head trains (and is freshly initialised)
+        assert torch.equal(w, init[name]), name
+    adapters = load_file(str(final / "adapters.safetensors"))
+    assert {k.split(".")[0] for k in adapters} == {"de", "es"}
+    assert any(adapters[k].abs().sum() > 0 for k in adapters if "linear_2.weight" in k)
+    summary = json.loads((final / "train_summary.json").read_text())
+    head = sum(v.numel() for k, v in weights.items() if k.startswith("lm_head."))
+    assert summary["trainable_parameters"] == head + sum(v.numel() for v in adapters.values())
+
+
+def test_random_masks_match_lasp_density_per_tensor(tmp_path, corpus):
+    from lasp.train.finetune import finetune
+
+    cfg = fast_recipe(tmp_path, corpus, "finetune.max_steps=2", f"masks.dir={tmp_path / 'lasp-masks'}",
+                      "finetune.system=lasp")
+    finetune(cfg, progress=False)
+    cfg = fast_recipe(tmp_path, corpus, "finetune.max_steps=2", f"masks.dir={tmp_path / 'lasp-masks'}",
+                      "finetune.system=random")
+    final = finetune(cfg, progress=False)
+    lasp_m = LanguageMasks.load(tmp_path / "lasp-masks")
+    rand_m = LanguageMasks.load(final / "masks")
+    for lang in ("de", "es"):
+        assert rand_m.tensor_density(lang) == lasp_m.tensor_density(lang)
+        assert any(not torch.equal(rand_m[lang][n], lasp_m[lang][n]) for n in lasp_m.parameter_names)
+
+
+def test_imp_mask_search_and_cli_round_trip(tmp_path, corpus, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# lasp finetune r.yaml\nseed: 0\n")
+    over = [*FAST_MODEL, "threads=1", "device=cpu", f"output_dir={tmp_path / 'runs'}",
+            f"data.train={corpus['train']}", f"data.test={corpus['test']}", "data.batch_size=2",
+            "masks.method=imp", "masks.imp_rounds=2", "masks.imp_steps=2", "masks.max_batches=2",
+            "masks.sparsity=0.4", "finetune.system=lasp", "finetune.max_steps=3"]
+    assert main(["finetune", str(recipe), *over]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned model:" in out
+    masks = LanguageMasks.load(tmp_path / "runs" / "finetune-lasp" / "masks-lasp")
+    assert masks.metadata["method"] == "imp" and masks.metadata["rounds"] == 2
+    assert masks.sparsity("es") == pytest.approx(0.4, abs=0.01)
+    assert main(["evaluate", str(recipe), *over]) == 0
+    out = capsys.readouterr().out
+    assert out.count("CER") == 3 and "macro" in out  # two languages + the macro average
+    results = json.loads((tmp_path / "runs" / "finetune-lasp" / "eval" / "results.json").read_text())
+    assert set(results["languages"]) == {"de", "es"} and results["system"] == "lasp"
