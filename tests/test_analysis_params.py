@@ -50,6 +50,7 @@ def test_xlsr53_mms_adapter_d16_per_language(capsys):
     assert "| MMS adapters" in out and "860.54 k" in out
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft calls a transformers 5.x-deprecated method
 def test_lora_counts_equal_peft_on_a_real_model():
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
@@ -125,3 +126,32 @@ def test_errors_and_report_files(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("method,setting,languages") and any("formula r·(in+out) (peft not used)" in l for l in out)
     assert not math.isnan(float(out[1].split(",")[9]))
+
+
+def test_params_command_with_a_mask_set(tmp_path, capsys):
+    from lasp.masks import LanguageMasks
+
+    shapes = {n: tuple(p.shape) for n, p in select_targets(meta_backbone(preset_config("tiny"))).items()}
+    g = torch.Generator().manual_seed(1)
+    dense = {lang: {n: torch.rand(s, generator=g) < 0.5 for n, s in shapes.items()} for lang in ("es", "de")}
+    LanguageMasks.from_dense(dense, base_model="tiny").save(tmp_path / "masks")
+    assert main(["params", "--model", "tiny", "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "o"),
+                 "--adapter-dim", "8,16"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters for 2 languages" in out and "unique weights/lang" in out
+    assert str(tmp_path / "o" / "params.png") in out
+    assert (tmp_path / "o" / "params.md").read_text().count("| MMS adapters") == 2
+    assert main(["params", "--model", "base", "--masks", str(tmp_path / "masks")]) == 1
+    err = capsys.readouterr().err
+    assert "masked parameter 'encoder.layers.0.attention.k_proj.weight' has shape (144, 144)" in err
+    assert "(768, 768)" in err
+
+
+def test_lora_falls_back_to_the_formula_without_peft(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
+    model = meta_backbone(preset_config("tiny"))
+    count, source = lora_count(model, list(select_targets(model)), 8)
+    assert source == "formula r·(in+out) (peft not installed)"
+    assert count == 2 * 8 * (4 * (144 + 144) + (144 + 384) + (384 + 144))

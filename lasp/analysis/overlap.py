@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
 from lasp.bits import unpack_bits
 from lasp.errors import MaskError
@@ -205,12 +206,12 @@ def _tensor_counts(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return inter, sharing
 
 
-def compute_overlap(masks: Any) -> OverlapStats:
-    """All overlap counts of a mask set (see the module docstring)."""
+def compute_overlap(masks: Any, progress: bool = False) -> OverlapStats:
+    """All overlap counts of a mask set (see the module docstring); ``progress`` shows a bar over tensors."""
     languages, names, shapes, get = _as_dense_getter(masks)
     n = len(languages)
     stats = OverlapStats(languages, GroupCounts.empty(n), unique_per_language=[0] * n)
-    for name in names:
+    for name in tqdm(names, desc="overlap", unit="tensor", disable=not progress):
         stack = torch.stack([get(lang, name).reshape(-1) for lang in languages])
         inter, sharing = _tensor_counts(stack)
         numel = stack.shape[1]

@@ -29,6 +29,7 @@ from lasp.analysis.clustering import cluster_languages, family_test, load_famili
 from lasp.analysis.overlap import GroupCounts, OverlapStats, compute_overlap
 from lasp.analysis.plots import plot_dendrogram, plot_iou_heatmap, plot_layer_curves, plot_sharing_histogram
 from lasp.analysis.report import fmt, format_table, write_csv, write_json, write_matrix_csv
+from lasp.errors import ConfigError
 
 
 @dataclass
@@ -90,7 +91,8 @@ def build_result(stats: OverlapStats) -> OverlapResult:
 
 def overlap_analysis(masks: Any, out_dir: str | os.PathLike | None = None,
                      families: Mapping[str, str] | str | os.PathLike | None = None,
-                     n_permutations: int = 2000, seed: int = 0, plots: bool = True) -> OverlapResult:
+                     n_permutations: int = 2000, seed: int = 0, plots: bool = True,
+                     progress: bool = False) -> OverlapResult:
     """Overlap statistics of ``masks`` (LanguageMasks or {lang: {name: bool tensor}}).
 
     ``families``: a {language: family} map or a YAML/JSON file holding one; adds
@@ -98,13 +100,21 @@ def overlap_analysis(masks: Any, out_dir: str | os.PathLike | None = None,
     ``out_dir`` the tables and (if ``plots``) PNGs are written there and listed
     in ``result.files``; ``result.summary`` is the compact terminal table.
     """
-    stats = compute_overlap(masks)
+    family_map = None
+    if families is not None:
+        # Checked before the (possibly long) counting so that a bad families file fails at once.
+        family_map = families if isinstance(families, Mapping) else load_families(families)
+        names = list(masks.languages) if hasattr(masks, "languages") else [str(l) for l in masks]
+        missing = [lang for lang in names if lang not in family_map]
+        if missing:
+            where = f"{os.fspath(families)}: " if not isinstance(families, Mapping) else "families: "
+            raise ConfigError(f"{where}no family given for language(s) {', '.join(missing)}")
+    stats = compute_overlap(masks, progress=progress)
     result = build_result(stats)
     languages = result.languages
     if len(languages) >= 2:
         result.clustering = cluster_languages(result.iou, languages).as_dict()
-    if families is not None:
-        family_map = families if isinstance(families, Mapping) else load_families(families)
+    if family_map is not None:
         result.families = family_test(result.iou, languages, family_map, n_permutations, seed).as_dict()
     if out_dir is not None:
         result.files = _write(stats, result, os.fspath(out_dir), plots)

@@ -144,20 +144,23 @@ def lora_count(model: nn.Module, target_names: Sequence[str], rank: int, use_pef
         return count, f"formula r·(in+out) ({reason})" + note
     import copy
 
-    from peft import LoraConfig, get_peft_model
+    import peft
 
     with torch.device("meta"), warnings.catch_warnings():
         # peft injects in place; a deep copy of a meta model costs nothing and keeps the caller's model clean.
         # (peft calls a transformers method deprecated in 5.x; the FutureWarning says nothing about lasp.)
         warnings.simplefilter("ignore", FutureWarning)
-        wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=modules))
+        wrapped = peft.get_peft_model(copy.deepcopy(model),
+                                      peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=modules))
     trainable, _ = wrapped.get_nb_trainable_parameters()
-    return int(trainable), f"peft {__import__('peft').__version__} get_nb_trainable_parameters" + note
+    return int(trainable), f"peft {peft.__version__} get_nb_trainable_parameters" + note
 
 
 def _mask_shapes(masks: Any) -> dict[str, tuple[int, ...]]:
     if hasattr(masks, "shapes"):
         return {n: tuple(s) for n, s in masks.shapes.items()}
+    if not masks:
+        raise MaskError("the mask set holds no language")
     first = next(iter(masks.values()))
     return {n: tuple(t.shape) for n, t in first.items()}
 

@@ -26,7 +26,7 @@ def overlap_command(args: argparse.Namespace) -> int:
     languages = [l for l in args.languages.split(",") if l] if args.languages else None
     masks = LanguageMasks.load(args.mask_dir, languages=languages)
     result = overlap_analysis(masks, args.out, families=args.families, n_permutations=args.permutations,
-                              seed=args.seed, plots=not args.no_plots)
+                              seed=args.seed, plots=not args.no_plots, progress=True)
     print(f"mask set {args.mask_dir}")
     print(result.summary)
     return 0
