@@ -1,14 +1,17 @@
-"""Fused Triton masked linear, checked on CPU under the Triton interpreter against an fp64 reference.
+"""Fused Triton masked linear against an fp64 reference: compiled on a GPU when one is present, otherwise
+on CPU under the Triton interpreter.
 
 TRITON_INTERPRET must be set before the kernels are defined; ``lasp.kernels``
 imports Triton lazily, so setting it at collection time is enough.
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 pytest.importorskip("triton")
 
@@ -40,10 +43,11 @@ def _fp64_truth(x, w, b, masks, dy, lang=None, row_lang=None):
 
 
 def _run_fused(x, w, b, masks, dy, dtype, **which):
-    xx, ww, bb = (t.to(dtype).requires_grad_() for t in (x, w, b))
-    y = masked_linear(xx, ww, bb, pack_bits(masks), mode="fused", **which)
-    y.backward(dy.to(dtype))
-    return y, xx.grad, ww.grad, bb.grad
+    xx, ww, bb = (t.to(DEVICE, dtype).requires_grad_() for t in (x, w, b))
+    which = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in which.items()}
+    y = masked_linear(xx, ww, bb, pack_bits(masks).to(DEVICE), mode="fused", **which)
+    y.backward(dy.to(DEVICE, dtype))
+    return tuple(t.cpu() for t in (y, xx.grad, ww.grad, bb.grad))
 
 
 def _rounded(*tensors, dtype):
@@ -89,7 +93,7 @@ def test_matches_reference_mode_and_mask_of_each_row():
     x, w, b, masks, _ = _problem(4, 6, 16, 12, 3, seed=5)
     bits = pack_bits(masks)
     row_lang = torch.tensor([2, 0, 1, 2])
-    x, w, b = x.float(), w.float(), b.float()
+    x, w, b, bits, row_lang = (t.to(DEVICE) for t in (x.float(), w.float(), b.float(), bits, row_lang))
     fused = masked_linear(x, w, b, bits, row_lang=row_lang, mode="fused")
     ref = masked_linear(x, w, b, bits, row_lang=row_lang, mode="reference")
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
@@ -103,11 +107,12 @@ def test_matches_reference_mode_and_mask_of_each_row():
 
 def test_autocast_bf16_gives_bf16_output_and_fp32_weight_grad():
     x, w, b, masks, _ = _problem(2, 7, 16, 8, 2, seed=9)
-    bits = pack_bits(masks)
+    bits = pack_bits(masks).to(DEVICE)
+    masks = masks.to(DEVICE)
     outs = {}
     for mode in ("fused", "reference"):
-        xx, ww, bb = (t.float().requires_grad_() for t in (x, w, b))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        xx, ww, bb = (t.to(DEVICE, torch.float32).requires_grad_() for t in (x, w, b))
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
             y = masked_linear(xx, ww, bb, bits, lang=1, mode=mode)
         y.float().square().sum().backward()
         outs[mode] = (y, ww.grad)
@@ -149,7 +154,7 @@ def test_dispatch_and_errors(monkeypatch):
         masked_linear(x, w, None, bits[:, :3], lang=0, mode="fused")
     with pytest.raises(ValueError, match="row_lang has shape"):
         masked_linear(x, w, None, bits, row_lang=torch.tensor([0, 1, 1]), mode="fused")
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="needs Triton and a CUDA device"):
         masked_linear(x, w, None, bits, lang=0, mode="fused")
 
@@ -162,10 +167,10 @@ def test_masked_model_fused_matches_reference_and_confines_updates():
 
     torch.manual_seed(0)
     model = load_model("tiny", head="ctc", vocab_size=12, hidden_size=32, intermediate_size=48,
-                       num_attention_heads=2, num_hidden_layers=1, mask_time_prob=0.0)
+                       num_attention_heads=2, num_hidden_layers=1, mask_time_prob=0.0).to(DEVICE)
     masks = make_language_masks(model, {"es": None, "de": None, "ru": None}, scorer="random", sparsity=0.5,
                                 seed=1, progress=False)
-    batch = make_ctc_batch(12, batch_size=3, samples=3000, seed=0)
+    batch = {k: v.to(DEVICE) for k, v in make_ctc_batch(12, batch_size=3, samples=3000, seed=0).items()}
     grads = {}
     for mode in ("reference", "fused"):
         mm = MaskedModel(model, masks, mode=mode).train()
@@ -184,7 +189,8 @@ def test_masked_model_fused_matches_reference_and_confines_updates():
         before = {n: p.detach().clone() for n, p in mm.targets.items()}
         mm.set_language(langs if len(langs) > 1 else langs[0])
         optimizer.zero_grad()
-        mm(**make_ctc_batch(12, batch_size=len(langs), samples=3000, seed=i)).loss.backward()
+        step_batch = make_ctc_batch(12, batch_size=len(langs), samples=3000, seed=i)
+        mm(**{k: v.to(DEVICE) for k, v in step_batch.items()}).loss.backward()
         optimizer.step()
         union = mm.union_mask(set(langs))
         moved = 0

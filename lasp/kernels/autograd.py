@@ -73,13 +73,14 @@ class _FusedMaskedLinear(torch.autograd.Function):
 _PLAN_CACHE: dict[str, object] = {}
 
 
-def _plan_for(row_lang: torch.Tensor, rows_per_example: int, num_langs: int, dtype: torch.dtype):
+def _plan_for(row_lang: torch.Tensor, rows_per_example: int, num_langs: int, dtype: torch.dtype,
+              device: torch.device):
     k = _kernels()
     block_m = k.blocks_for(dtype).bm
-    key = (rows_per_example, num_langs, block_m, row_lang._version)
+    key = (rows_per_example, num_langs, block_m, row_lang._version, device)
     if _PLAN_CACHE.get("row_lang") is row_lang and _PLAN_CACHE.get("key") == key:
         return _PLAN_CACHE["plan"]
-    plan = k.build_plan(row_lang, rows_per_example, num_langs, block_m)
+    plan = k.build_plan(row_lang.to(device), rows_per_example, num_langs, block_m)
     _PLAN_CACHE.update(row_lang=row_lang, key=key, plan=plan)
     return plan
 
@@ -127,7 +128,7 @@ def fused_masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         if x.dim() < 2:
             raise ValueError("row_lang needs x with a batch dimension ([B, ..., in])")
         rows_per_example = x2d.shape[0] // max(x.shape[0], 1)
-        plan = _plan_for(row_lang.to(x.device), rows_per_example, bits.shape[0], x.dtype)
+        plan = _plan_for(row_lang, rows_per_example, bits.shape[0], x.dtype, x.device)
     with torch.autocast(device_type, enabled=False):
         y = _FusedMaskedLinear.apply(x2d, weight, bias, bits, int(lang or 0), plan)
     return y.reshape(*lead, weight.shape[0])
