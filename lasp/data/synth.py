@@ -7,7 +7,7 @@ word. The corpus is synthetic and tiny, but it has what the method needs: severa
 phonotactics and spelling, and optionally a few low-resource ones.
 
 Every utterance is a pure function of (seed, language, split, index), so a corpus is reproducible bit for bit
-whatever the number of workers, and asking for more minutes only appends utterances.
+whatever the number of workers (see :class:`_Renderer` for what that takes with espeak-ng).
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from lasp.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "synth.json"
-VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4")
+VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m7", "f1", "f4")  # f2, f3 are not reproducible
 VOCAB_SIZE = 1500  # most frequent alphabetic words per language
-_CHUNK = 16  # utterances per worker task: amortizes the process round trip
+_CHUNK = 16  # utterances per worker process (see _Renderer)
 
 
 def check_languages(langs: Sequence[str]) -> None:
@@ -46,6 +46,12 @@ def check_languages(langs: Sequence[str]) -> None:
             raise DataError(f"language '{lang}': wordfreq has no word list for it "
                             f"(available: {', '.join(sorted(available))})")
         voice_for(lang)
+
+
+def _wordfreq_languages() -> set[str]:
+    import wordfreq
+
+    return set(wordfreq.available_languages())
 
 
 def word_list(lang: str, size: int = VOCAB_SIZE) -> tuple[list[str], np.ndarray]:
@@ -106,23 +112,48 @@ def _render_chunk(specs: list[dict], out_dir: str) -> list[tuple[str, float]]:
 
 
 class _Renderer:
-    """Runs spec chunks in a spawned process pool (espeak-ng state is per process) or in-process."""
+    """Renders chunks of utterance specs, each chunk in a fresh process.
+
+    espeak-ng carries state from one utterance to the next (pitch flutter phase and the like), so the same text
+    and settings give slightly different samples depending on what the process spoke before. A fresh process per
+    chunk, with chunk boundaries fixed at multiples of ``_CHUNK`` per (language, split), makes every file depend
+    only on the seed. Processes are forked from this one (cheap: nothing to import) unless this process has
+    already driven espeak-ng itself, in which case they come from a clean fork server.
+    """
 
     def __init__(self, out_dir: str, workers: int):
+        import multiprocessing
+
+        from lasp.data import espeak
+
         self.out_dir = out_dir
-        self.pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None)
+        methods = multiprocessing.get_all_start_methods()
+        if espeak._ENGINE is None and "fork" in methods:
+            ctx = get_context("fork")
+        elif "forkserver" in methods:
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+        else:
+            ctx = get_context("spawn")
+        self.pool = ctx.Pool(max(1, workers), maxtasksperchild=1)
+
+    def check(self, langs: Sequence[str]) -> None:
+        """check_languages in a worker, so this process never initializes espeak-ng."""
+        self.pool.apply(check_languages, (list(langs),))
 
     def __call__(self, specs: list[dict]) -> list[tuple[str, float]]:
-        chunks = [specs[i:i + _CHUNK] for i in range(0, len(specs), _CHUNK)]
-        if self.pool is None:
-            results = [_render_chunk(c, self.out_dir) for c in chunks]
-        else:
-            results = list(self.pool.map(_render_chunk, chunks, [self.out_dir] * len(chunks)))
+        chunks: list[list[dict]] = []
+        for spec in specs:  # split wherever the index crosses a multiple of _CHUNK
+            if not chunks or spec["index"] % _CHUNK == 0 or (spec["lang"], spec["split"]) != (
+                    chunks[-1][-1]["lang"], chunks[-1][-1]["split"]):
+                chunks.append([])
+            chunks[-1].append(spec)
+        results = self.pool.starmap(_render_chunk, [(c, self.out_dir) for c in chunks], chunksize=1)
         return [r for chunk in results for r in chunk]
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.pool.close()
+        self.pool.join()
 
 
 def synthesize_corpus(
@@ -178,36 +209,64 @@ def synthesize_corpus(
         with open(settings_path, encoding="utf-8") as fh:
             if json.load(fh) == settings:
                 return existing
-    check_languages(langs)
     if os.path.isfile(settings_path):  # an older corpus of ours with other settings: start clean
         shutil.rmtree(os.path.join(out_dir, "audio"), ignore_errors=True)
         os.remove(settings_path)
     os.makedirs(out_dir, exist_ok=True)
 
+    missing = [lang for lang in langs if lang not in _wordfreq_languages()]
+    if missing:
+        check_languages(missing)  # raises, naming the language; no espeak-ng needed for that
+    lists = {lang: word_list(lang) for lang in langs}
+
+    def specs(lang: str, split: str, start: int, stop: int) -> list[dict]:
+        vocab, weights = lists[lang]
+        return [_utterance_spec(lang, split, i, seed, vocab, weights, words) for i in range(start, stop)]
+
+    # Dev, test and the first round of train for every language go to the pool together, so all workers stay
+    # busy; minutes-based train splits then get further rounds until each language reaches its target.
+    target = {lang: (minutes_per_lang * 60 / (low_factor if lang in low_resource else 1)
+                     if minutes_per_lang is not None else None) for lang in langs}
+    todo: list[dict] = []
+    next_train = {}
+    for lang in langs:
+        factor = low_factor if lang in low_resource else 1
+        if minutes_per_lang is not None:
+            n = _round_size(target[lang])
+        else:
+            n = max(1, int(round(utterances_per_lang / factor)))
+        todo += specs(lang, "train", 0, n) + specs(lang, "dev", 0, dev_utterances) + specs(lang, "test", 0, test_utterances)
+        next_train[lang] = n
+
+    rendered: dict[tuple[str, str], list[Utterance]] = {}
     renderer = _Renderer(out_dir, max(1, int(workers)))
     try:
-        splits: dict[str, list[Utterance]] = {"train": [], "dev": [], "test": []}
-        for lang in langs:
-            vocab, weights = word_list(lang)
-            factor = low_factor if lang in low_resource else 1
-
-            def specs(split: str, start: int, stop: int) -> list[dict]:
-                return [_utterance_spec(lang, split, i, seed, vocab, weights, words) for i in range(start, stop)]
-
-            def to_utts(spec_list, rendered) -> list[Utterance]:
-                return [Utterance(audio=p, text=s["text"], lang=lang, duration=round(d, 4),
-                                  id=f"{lang}/{s['split']}_{s['index']:06d}")
-                        for s, (p, d) in zip(spec_list, rendered)]
-
-            if minutes_per_lang is not None:
-                splits["train"] += _render_minutes(renderer, specs, to_utts, minutes_per_lang * 60 / factor, out_dir)
-            else:
-                n = max(1, int(round(utterances_per_lang / factor)))
-                splits["train"] += to_utts(s := specs("train", 0, n), renderer(s))
-            for split, n in (("dev", dev_utterances), ("test", test_utterances)):
-                splits[split] += to_utts(s := specs(split, 0, n), renderer(s))
+        renderer.check(langs)
+        while todo:
+            for spec, (path, dur) in zip(todo, renderer(todo)):
+                rendered.setdefault((spec["lang"], spec["split"]), []).append(Utterance(
+                    audio=path, text=spec["text"], lang=spec["lang"], duration=round(dur, 4),
+                    id=f"{spec['lang']}/{spec['split']}_{spec['index']:06d}"))
+            todo = []
+            for lang in langs:
+                if target[lang] is None:
+                    continue
+                have = sum(u.duration for u in rendered.get((lang, "train"), []))
+                if have < target[lang]:
+                    n = _round_size(target[lang] - have)
+                    todo += specs(lang, "train", next_train[lang], next_train[lang] + n)
+                    next_train[lang] += n
     finally:
         renderer.close()
+
+    splits: dict[str, list[Utterance]] = {"train": [], "dev": [], "test": []}
+    for lang in langs:
+        train = rendered.get((lang, "train"), [])
+        if target[lang] is not None:
+            train = _cut_at(train, target[lang])
+        splits["train"] += train
+        splits["dev"] += rendered.get((lang, "dev"), [])
+        splits["test"] += rendered.get((lang, "test"), [])
 
     paths = {split: write_manifest(os.path.join(out_dir, f"{split}.jsonl"), utts) for split, utts in splits.items()}
     with open(settings_path, "w", encoding="utf-8") as fh:
@@ -215,20 +274,18 @@ def synthesize_corpus(
     return paths
 
 
-def _render_minutes(renderer, specs, to_utts, target_s: float, out_dir: str) -> list[Utterance]:
-    """Render train utterances in rounds until their total duration reaches ``target_s``."""
-    utts: list[Utterance] = []
-    total, start = 0.0, 0
-    while total < target_s:
-        # Typical utterances last ~2 s; over-asking a little avoids a second round most of the time.
-        n = max(_CHUNK, int(math.ceil((target_s - total) / 2.0 * 1.15)))
-        spec_list = specs("train", start, start + n)
-        new = to_utts(spec_list, renderer(spec_list))
-        start += n
-        for utt in new:
-            if total >= target_s:
-                os.remove(utt.audio)  # rendered in the last round but past the target
-                continue
-            utts.append(utt)
-            total += float(utt.duration)
-    return utts
+def _round_size(seconds: float) -> int:
+    """Utterances to render for ``seconds`` more audio: typical ones last ~2 s, ask 15% more, whole chunks."""
+    return max(1, int(math.ceil(seconds / 2.0 * 1.15 / _CHUNK))) * _CHUNK
+
+
+def _cut_at(utts: list[Utterance], target_s: float) -> list[Utterance]:
+    """The shortest prefix reaching ``target_s`` seconds; files rendered past it are deleted."""
+    kept, total = [], 0.0
+    for utt in utts:
+        if total >= target_s:
+            os.remove(utt.audio)
+            continue
+        kept.append(utt)
+        total += float(utt.duration)
+    return kept
