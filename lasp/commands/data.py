@@ -1,7 +1,6 @@
 """`lasp data ...`: import corpora into manifests, synthesize the demo corpus, inspect manifests."""
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 

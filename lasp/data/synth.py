@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Iterable, Sequence
 
