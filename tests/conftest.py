@@ -9,6 +9,10 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Without a GPU the Triton kernels run under the interpreter. Triton reads this when kernels are
+# defined, so it must be set before any test module imports lasp.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(1)
 
 
