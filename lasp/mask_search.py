@@ -55,7 +55,7 @@ def prune_from_manifest(
     from lasp.data.collate import CTCCollator, PretrainCollator
     from lasp.data.dataset import SpeechDataset
     from lasp.data.manifest import read_manifest
-    from lasp.data.text import Vocabulary
+    from lasp.data.text import Vocabulary, normalize_text
 
     if sparsity is None and pattern == "unstructured":
         sparsity = 0.5
@@ -64,7 +64,8 @@ def prune_from_manifest(
     head = "pretraining" if head == "auto" else head
     vocab = None
     if head == "ctc":
-        vocab = Vocabulary.build([u.text for u in utterances])
+        # the dataset normalizes transcripts, so the vocabulary must be built from normalized text
+        vocab = Vocabulary.build([normalize_text(u.text, u.lang) for u in utterances])
         net = load_model(model, head="ctc", vocab_size=len(vocab))
         collator = CTCCollator(pad_id=vocab.pad_id)
     else:
