@@ -117,3 +117,14 @@ def test_phonemize_gives_ipa_and_rejects_unknown_language():
     assert phonemize("привет", "ru") != phonemize("hola", "es")
     with pytest.raises(DataError, match="language 'xx'"):
         phonemize("hello", "xx")
+
+
+def test_manifest_written_from_a_relative_corpus_dir_resolves(tmp_path, monkeypatch):
+    from lasp.data.manifest import Utterance, read_manifest, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus" / "audio").mkdir(parents=True)
+    (tmp_path / "corpus" / "audio" / "a.flac").write_bytes(b"")
+    write_manifest("corpus/train.jsonl", [Utterance(audio="corpus/audio/a.flac", text="hola", lang="es")])
+    assert '"audio": "audio/a.flac"' in (tmp_path / "corpus" / "train.jsonl").read_text()
+    assert read_manifest("corpus/train.jsonl")[0].audio == str(tmp_path / "corpus" / "audio" / "a.flac")

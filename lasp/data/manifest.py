@@ -108,9 +108,10 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> str:
 
 def utterance_to_dict(utt: Utterance, base: str | None = None) -> dict:
     audio = utt.audio
-    if base is not None and os.path.isabs(audio):
+    if base is not None:
         try:
-            audio = os.path.relpath(audio, base)
+            # a relative path is relative to the working directory; the manifest stores it relative to itself
+            audio = os.path.relpath(os.path.abspath(audio), base)
         except ValueError:  # another drive on Windows: keep it absolute
             pass
     obj: dict = {"audio": audio.replace(os.sep, "/"), "text": utt.text, "lang": utt.lang}
