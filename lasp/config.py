@@ -29,6 +29,7 @@ from lasp.config_schema import (  # noqa: F401  (re-exported: the public schema)
     OptimConfig,
     PretrainConfig,
     RecipeConfig,
+    RunConfig,
     StageConfig,
 )
 from lasp.errors import ConfigError
@@ -43,6 +44,10 @@ def register_section(name: str, cls: type) -> None:
     if name in {f.name for f in dataclasses.fields(RecipeConfig)}:
         raise ValueError(f"section {name!r} is already part of the recipe schema")
     _EXTRA_SECTIONS[name] = cls
+
+
+# `lasp run` reads this section; every other command ignores it
+register_section("run", RunConfig)
 
 
 # --------------------------------------------------------------------------- typing helpers

@@ -153,6 +153,30 @@ class EvaluateConfig:
 
 
 @dataclass
+class RunConfig:
+    # corpus directory (train/dev/test manifests); made with the offline synthesizer when missing
+    corpus: str = "runs/demo/corpus"
+    # languages of the synthesized corpus and of every stage
+    languages: list[str] = field(default_factory=lambda: ["es", "it", "pt", "de", "ru", "tr"])
+    train_utterances: int = 300
+    dev_utterances: int = 20
+    test_utterances: int = 40
+    # languages that get train_utterances / low_factor utterances
+    low_resource: list[str] = field(default_factory=list)
+    low_factor: float = 5.0
+    # systems to compare (shared, lasp, random, adapters)
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    # shared pre-training of the base model (minutes, steps, threads) before masks are searched
+    base_minutes: float = 2.0
+    base_steps: int = 100000
+    base_threads: int = 2
+    # stage processes running side by side, one thread each
+    parallel: int = 2
+    # the report (markdown) and its figures
+    report: str = "runs/demo/report.md"
+
+
+@dataclass
 class RecipeConfig:
     seed: int = 0
     # torch.set_num_threads; null leaves torch's default

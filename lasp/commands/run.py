@@ -1,0 +1,57 @@
+"""`lasp run [RECIPE]` (the whole comparison; the offline demo by default) and `lasp report RECIPE`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_RECIPE = "demo"
+
+
+def _load(args: argparse.Namespace):
+    from lasp.config import load_recipe
+    from lasp.run import demo_recipe_path
+
+    recipe = args.recipe or demo_recipe_path()
+    return load_recipe(recipe, args.overrides)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from lasp.run import clean, run
+
+    cfg = _load(args)
+    if args.fresh:
+        clean(cfg)
+    run(cfg)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from lasp.report import write_report
+    from lasp.run import run_settings
+
+    cfg = _load(args)
+    settings = run_settings(cfg)
+    stage_cfg_path = Path(cfg.output_dir) / "stages.yaml"
+    if stage_cfg_path.is_file():
+        from lasp.config import load_recipe
+
+        cfg = load_recipe(stage_cfg_path)
+    print(write_report(cfg, settings, Path(cfg.output_dir)))
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe with a 'run' section (default: the built-in offline demo, "
+                                             "recipes/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. run.parallel=1")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: corpus, base model, masks, language-adaptive "
+                                   "pre-training, fine-tuning and evaluation of every system, report")
+    _add_common(p)
+    p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
+    p.set_defaults(handler=run_command)
+    r = sub.add_parser("report", help="(re)write the report of a `lasp run` from its stage outputs")
+    _add_common(r)
+    r.set_defaults(handler=report_command)

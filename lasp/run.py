@@ -1,0 +1,231 @@
+"""`lasp run RECIPE`: the paper's pipeline end to end, as independent stage processes.
+
+    corpus ─► base (shared pre-training: the stand-in for XLSR) ─► masks (score + prune per language)
+          ─► language-adaptive pre-training per system ─► CTC fine-tuning per system ─► evaluation ─► report
+
+Every stage is an ordinary ``lasp`` command run in its own process with one
+thread (two one-thread processes get more done on a small CPU machine than one
+two-thread process), scheduled as soon as the stages it needs are done. A stage
+whose output exists is skipped, and a killed stage resumes from its last
+checkpoint, so rerunning the same command continues an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lasp.config import RecipeConfig, save_recipe
+from lasp.config_schema import SYSTEMS, RunConfig
+from lasp.errors import ConfigError, LaspError
+
+
+
+# The demo recipe ships inside the package so that `lasp run` works from any directory;
+# recipes/demo.yaml in the repository is the same file (a test keeps them identical).
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+
+
+def demo_recipe_path() -> Path:
+    return DEMO_RECIPE
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    deps: list[str]
+    done_marker: Path
+    threads: int = 1
+    run_dir: Path | None = None
+    max_steps: int | None = None
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    log: Path | None = None
+
+
+def run_settings(cfg: RecipeConfig) -> RunConfig:
+    settings = cfg.extra.get("run")
+    if settings is None:
+        raise ConfigError("this recipe has no 'run' section; see recipes/demo.yaml")
+    unknown = [s for s in settings.systems if s not in SYSTEMS]
+    if unknown:
+        raise ConfigError(f"run.systems: unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
+    if settings.parallel < 1:
+        raise ConfigError("run.parallel must be at least 1")
+    return settings
+
+
+def make_corpus(cfg: RecipeConfig, settings: RunConfig) -> dict[str, str]:
+    from lasp.data.synth import synthesize_corpus
+
+    return synthesize_corpus(settings.languages, settings.corpus, utterances_per_lang=settings.train_utterances,
+                             dev_utterances=settings.dev_utterances, test_utterances=settings.test_utterances,
+                             low_resource=settings.low_resource, low_factor=settings.low_factor, seed=cfg.seed)
+
+
+def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> list[Job]:
+    """The stage graph: which command each stage runs and which stages it waits for."""
+    out = Path(cfg.output_dir)
+    lasp = [sys.executable, "-m", "lasp"]
+    base = out / "base"
+    masks = Path(cfg.masks.dir) if cfg.masks.dir else out / "masks-lasp"
+    jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
+                         f"pretrain.run_dir={base}", f"pretrain.init={cfg.model.name}",
+                         f"pretrain.max_minutes={settings.base_minutes}", f"pretrain.max_steps={settings.base_steps}",
+                         f"threads={settings.base_threads}"],
+                [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps)]
+    masked = [s for s in settings.systems if s in ("lasp", "random")]
+    if masked:
+        # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
+        m = cfg.masks
+        if m.method != "oneshot":
+            raise ConfigError("lasp run searches masks one-shot (score → prune); set masks.method: oneshot, "
+                              "or search with IMP beforehand and point masks.dir at the result")
+        jobs.append(Job("masks", [*lasp, "prune", "--model", str(base / "final"), "--data", cfg.data.train,
+                                  "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
+                                  "--pattern", m.pattern, "--batches", str(m.max_batches),
+                                  "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
+                                  "--langs", ",".join(settings.languages), "--out", str(masks),
+                                  *(["--targets", *m.targets] if m.targets else [])],
+                        ["base"], masks / "mask_config.json"))
+    for system in settings.systems:
+        pretrain_dir = out / f"pretrain-{system}"
+        if system != "adapters":  # adapters are a fine-tuning method; they start from the shared model
+            jobs.append(Job(f"pretrain-{system}",
+                            [*lasp, "pretrain", str(stage_recipe), f"pretrain.system={system}",
+                             f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base / 'final'}",
+                             f"masks.dir={masks}", "threads=1"],
+                            ["masks"] if system in masked else ["base"], pretrain_dir / "final",
+                            run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps))
+        init = out / ("pretrain-shared" if system == "adapters" else f"pretrain-{system}") / "final"
+        init_job = "pretrain-shared" if system == "adapters" else f"pretrain-{system}"
+        if system == "adapters" and "shared" not in settings.systems:
+            init, init_job = base / "final", "base"
+        ft_dir = out / f"finetune-{system}"
+        jobs.append(Job(f"finetune-{system}",
+                        [*lasp, "finetune", str(stage_recipe), f"finetune.system={system}",
+                         f"finetune.run_dir={ft_dir}", f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
+                        [init_job], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps))
+        eval_dir = out / f"eval-{system}"
+        jobs.append(Job(f"evaluate-{system}",
+                        [*lasp, "evaluate", str(stage_recipe), f"evaluate.model={ft_dir / 'final'}",
+                         f"evaluate.out_dir={eval_dir}", "threads=1"],
+                        [f"finetune-{system}"], eval_dir / "results.json"))
+    return jobs
+
+
+def _last_step(job: Job) -> int | None:
+    if job.run_dir is None:
+        return None
+    path = job.run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4096))
+            lines = fh.read().decode("utf-8", "replace").strip().splitlines()
+        return int(json.loads(lines[-1]).get("step", 0)) if lines else None
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+
+
+def _status(running: list[Job], done: int, total: int, t0: float) -> str:
+    parts = []
+    for job in running:
+        step = _last_step(job)
+        where = f" step {step}/{job.max_steps}" if step is not None and job.max_steps else ""
+        parts.append(f"{job.name}{where} ({time.monotonic() - job.started:.0f}s)")
+    return f"[{_clock(time.monotonic() - t0)}] {done}/{total} done | running: {', '.join(parts) or '-'}"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+
+
+def run_jobs(jobs: list[Job], parallel: int, log_dir: Path, progress: bool = True) -> dict[str, float]:
+    """Run the stage graph with at most ``parallel`` thread-slots busy; returns wall seconds per job."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending = [j for j in jobs if not j.done_marker.exists()]
+    finished = {j.name for j in jobs if j.done_marker.exists()}
+    for name in sorted(finished):
+        print(f"  {name}: already done, skipped")
+    running: list[Job] = []
+    walls: dict[str, float] = {}
+    t0, last_print = time.monotonic(), 0.0
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        while pending or running:
+            busy = sum(j.threads for j in running)
+            for job in list(pending):
+                if all(d in finished for d in job.deps) and (busy + job.threads <= parallel or not running):
+                    job.log = log_dir / f"{job.name}.log"
+                    fh = open(job.log, "ab")
+                    job.proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+                    fh.close()
+                    job.started = time.monotonic()
+                    pending.remove(job)
+                    running.append(job)
+                    busy += job.threads
+                    print(f"  [{_clock(job.started - t0)}] start {job.name} (log: {job.log})", flush=True)
+            for job in list(running):
+                code = job.proc.poll()
+                if code is None:
+                    continue
+                running.remove(job)
+                walls[job.name] = time.monotonic() - job.started
+                if code != 0 or not job.done_marker.exists():
+                    tail = job.log.read_text(errors="replace").strip().splitlines()[-15:]
+                    raise LaspError(f"stage {job.name} failed (exit {code}); last lines of {job.log}:\n    "
+                                    + "\n    ".join(tail))
+                finished.add(job.name)
+                print(f"  [{_clock(time.monotonic() - t0)}] done  {job.name} in {walls[job.name]:.0f}s", flush=True)
+            if running and progress and time.monotonic() - last_print > 30:
+                print("  " + _status(running, len(finished), len(jobs), t0), flush=True)
+                last_print = time.monotonic()
+            if running:
+                time.sleep(1.0)
+            elif pending and not any(all(d in finished for d in j.deps) for j in pending):
+                raise LaspError(f"stages {', '.join(j.name for j in pending)} wait for stages that never ran")
+    finally:
+        for job in running:
+            job.proc.terminate()
+    return walls
+
+
+def run(cfg: RecipeConfig, progress: bool = True) -> Path:
+    """Run the whole comparison described by ``cfg`` and return the report's path."""
+    from lasp.report import write_report
+
+    settings = run_settings(cfg)
+    t0 = time.monotonic()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}, "
+          f"output {out}", flush=True)
+    manifests = make_corpus(cfg, settings)
+    stage_cfg = replace(cfg, extra={})
+    stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
+                             valid=manifests.get("dev"), languages=list(settings.languages))
+    stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
+    save_recipe(cfg, out / "recipe.yaml")
+    jobs = plan_jobs(stage_cfg, settings, stage_recipe)
+    walls = run_jobs(jobs, settings.parallel, out / "logs", progress=progress)
+    (out / "stage_times.json").write_text(json.dumps(_merge_times(out / "stage_times.json", walls), indent=2))
+    report = write_report(stage_cfg, settings, out, wall_total=time.monotonic() - t0)
+    print(f"report: {report}", flush=True)
+    return report
+
+
+def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update({k: round(v, 1) for k, v in walls.items()})
+    return old
+
+
+def clean(cfg: RecipeConfig) -> None:
+    """Remove everything a previous `lasp run` wrote under output_dir (the corpus too if it lives there)."""
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""`lasp run`: the stage graph, and the whole pipeline at toy size through the real stage processes."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lasp.config import load_recipe
+from lasp.errors import ConfigError
+from lasp.run import demo_recipe_path, plan_jobs, run, run_settings
+
+
+def test_demo_recipe_is_the_repository_recipe():
+    repo = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    assert repo.read_text() == demo_recipe_path().read_text()
+    assert repo.read_text().startswith("# lasp run recipes/demo.yaml")
+
+
+def test_stage_graph(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}", f"masks.dir={tmp_path}/m"])
+    jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
+    assert set(jobs) == {"base", "masks", "pretrain-shared", "pretrain-lasp", "pretrain-random",
+                         "finetune-shared", "finetune-lasp", "finetune-random", "finetune-adapters",
+                         "evaluate-shared", "evaluate-lasp", "evaluate-random", "evaluate-adapters"}
+    assert jobs["masks"].deps == ["base"] and jobs["pretrain-lasp"].deps == ["masks"]
+    assert jobs["pretrain-shared"].deps == ["base"]
+    # adapters are a fine-tuning method: they start from the shared model after the same pre-training
+    assert jobs["finetune-adapters"].deps == ["pretrain-shared"]
+    assert f"finetune.init={tmp_path}/pretrain-shared/final" in jobs["finetune-adapters"].argv
+    assert jobs["evaluate-lasp"].deps == ["finetune-lasp"]
+    assert "--scorer" in jobs["masks"].argv and "taylor" in jobs["masks"].argv
+
+
+def test_unknown_system_is_named(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), ["run.systems=[shared,lora]"])
+    with pytest.raises(ConfigError, match="unknown system 'lora'"):
+        run_settings(cfg)
+
+
+
+def test_toy_run_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_recipe(demo_recipe_path(), [
+        "output_dir=out", "masks.dir=out/masks-lasp", "masks.max_batches=1",
+        "run.corpus=out/corpus", "run.languages=[es,de]", "run.train_utterances=6", "run.test_utterances=2",
+        "run.dev_utterances=1", "run.base_minutes=1", "run.base_steps=3", "run.base_threads=1",
+        "run.report=out/report.md", "pretrain.max_steps=2", "finetune.max_steps=3", "finetune.optim.warmup_steps=1",
+        "pretrain.optim.warmup_steps=1", "pretrain.ckpt_every=2", "finetune.ckpt_every=3",
+    ])
+    report = run(cfg, progress=False)
+    text = report.read_text()
+    for system in ("shared", "lasp", "random", "adapters"):
+        results = json.loads((tmp_path / f"out/eval-{system}/results.json").read_text())
+        assert set(results["languages"]) == {"es", "de"}
+        assert f"| {system} |" in text
+    assert "stand-in for XLSR" in text and "iou_heatmap.png" in text
+    assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "out/finetune-lasp/final/train_summary.json").read_text())
+    assert summary["step"] == 3
+    # a second run finds every stage done and only rewrites the report
+    mtime = (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime
+    run(cfg, progress=False)
+    assert (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime == mtime
