@@ -70,7 +70,11 @@ def make_corpus(cfg: RecipeConfig, settings: RunConfig) -> dict[str, str]:
 
 
 def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> list[Job]:
-    """The stage graph: which command each stage runs and which stages it waits for."""
+    """The stage graph: which command each stage runs and which stages it waits for.
+
+    Pre-training batches are always single-language (each batch trains one language's sub-network, as in
+    the paper); ``data.mixed`` only decides whether fine-tuning batches mix languages.
+    """
     out = Path(cfg.output_dir)
     lasp = [sys.executable, "-m", "lasp"]
     base = out / "base"
@@ -78,7 +82,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
     jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
                          f"pretrain.run_dir={base}", f"pretrain.init={cfg.model.name}",
                          f"pretrain.max_minutes={settings.base_minutes}", f"pretrain.max_steps={settings.base_steps}",
-                         f"threads={settings.base_threads}"],
+                         f"threads={settings.base_threads}", "data.mixed=false"],
                 [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
     if masked:
@@ -100,7 +104,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
             jobs.append(Job(f"pretrain-{system}",
                             [*lasp, "pretrain", str(stage_recipe), f"pretrain.system={system}",
                              f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base / 'final'}",
-                             f"masks.dir={masks}", "threads=1"],
+                             f"masks.dir={masks}", "threads=1", "data.mixed=false"],
                             ["masks"] if system in masked else ["base"], pretrain_dir / "final",
                             run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps))
         init = out / ("pretrain-shared" if system == "adapters" else f"pretrain-{system}") / "final"
