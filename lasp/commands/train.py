@@ -16,30 +16,29 @@ def _add(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
     return p
 
 
-def _pretrain(args) -> int:
+def _train_stage(args, stage: str) -> int:
+    """Run ``pretrain`` or ``finetune`` (also under torchrun) and print where the model went."""
     from lasp.train import distributed as D
-    from lasp.train.pretrain import pretrain
 
+    if stage == "pretrain":
+        from lasp.train.pretrain import pretrain as run_stage
+    else:
+        from lasp.train.finetune import finetune as run_stage
     cfg = load_recipe(args.recipe, args.overrides)
-    path = pretrain(cfg)
+    path = run_stage(cfg)
     info = D.init_distributed(cfg.device)
     D.shutdown(info)
     if info.is_main:
-        print(f"pre-trained model: {path}")
+        print(f"{'pre-trained' if stage == 'pretrain' else 'fine-tuned'} model: {path}")
     return 0
+
+
+def _pretrain(args) -> int:
+    return _train_stage(args, "pretrain")
 
 
 def _finetune(args) -> int:
-    from lasp.train import distributed as D
-    from lasp.train.finetune import finetune
-
-    cfg = load_recipe(args.recipe, args.overrides)
-    path = finetune(cfg)
-    info = D.init_distributed(cfg.device)
-    D.shutdown(info)
-    if info.is_main:
-        print(f"fine-tuned model: {path}")
-    return 0
+    return _train_stage(args, "finetune")
 
 
 def _evaluate(args) -> int:
