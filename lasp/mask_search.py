@@ -50,8 +50,20 @@ def prune_from_manifest(
     on_bad: str = "skip",
     head: str = "auto",
     max_seconds: float = 20.0,
+    method: str = "oneshot",
+    imp_rounds: int = 3,
+    imp_steps: int = 50,
+    imp_lr: float = 5e-4,
 ) -> LanguageMasks:
-    """Score each language of ``manifest`` on ``model`` and write the mask set to ``out``."""
+    """Search every language's mask of ``model`` on ``manifest`` and write the mask set to ``out``.
+
+    ``method="oneshot"`` scores once and prunes; ``method="imp"`` runs iterative magnitude pruning with
+    rewinding (``imp_rounds`` rounds of ``imp_steps`` training steps on the language's batches).
+    """
+    from lasp.errors import ConfigError
+
+    if method not in ("oneshot", "imp"):
+        raise ConfigError(f"unknown mask search method {method!r}; choose oneshot or imp")
     from lasp.data.collate import CTCCollator, PretrainCollator
     from lasp.data.dataset import SpeechDataset
     from lasp.data.manifest import read_manifest
@@ -80,6 +92,16 @@ def prune_from_manifest(
         if not idx:
             known = sorted(set(dataset.langs))
             raise_missing(lang, manifest, known)
+    if method == "imp":
+        from lasp.train.imp import imp_language_masks
+
+        batch_lists = {lang: list(language_batches(dataset, idx, collator, batch_size, batches, seed))
+                       for lang, idx in by_lang.items()}
+        masks = imp_language_masks(net, batch_lists, sparsity=sparsity, rounds=imp_rounds, steps=imp_steps,
+                                   lr=imp_lr, scope=scope, pattern=pattern, targets=targets, seed=seed,
+                                   base_model=model, data=os.path.abspath(manifest))
+        masks.save(out)
+        return masks
     needs_data = scorer in ("taylor", "fisher")
     batch_iters = {
         lang: (language_batches(dataset, idx, collator, batch_size, batches, seed) if needs_data else None)

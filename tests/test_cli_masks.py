@@ -44,3 +44,13 @@ def test_prune_two_four_global_errors(small_corpus, tmp_path, capsys):
     assert "no usable utterance of language 'sw'" in capsys.readouterr().err
     assert main(["masks", "info", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_prune_with_imp(small_corpus, tmp_path):
+    out = tmp_path / "imp"
+    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--method", "imp",
+                 "--imp-rounds", "2", "--imp-steps", "2", "--batches", "1", "--batch-size", "2",
+                 "--sparsity", "0.4", "--out", str(out)]) == 0
+    masks = LanguageMasks.load(out)
+    assert masks.metadata["method"] == "imp" and masks.metadata["rounds"] == 2
+    assert all(masks.sparsity(lang) == pytest.approx(0.4, abs=1e-4) for lang in masks.languages)

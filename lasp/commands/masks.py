@@ -34,7 +34,8 @@ def prune_command(args: argparse.Namespace) -> int:
         model=args.model, manifest=args.data, out=args.out, scorer=args.scorer, sparsity=args.sparsity,
         scope=args.scope, pattern=args.pattern, batches=args.batches, batch_size=args.batch_size,
         languages=args.langs.split(",") if args.langs else None, targets=args.targets, seed=args.seed,
-        on_bad=args.on_bad, head=args.head,
+        on_bad=args.on_bad, head=args.head, method=args.method, imp_rounds=args.imp_rounds,
+        imp_steps=args.imp_steps, imp_lr=args.imp_lr,
     )
     print(masks.summary())
     print(f"wrote {args.out}")
@@ -54,6 +55,11 @@ def register(sub) -> None:
     q.add_argument("--model", required=True, help="preset (tiny, base, xlsr-53) or local checkpoint directory")
     q.add_argument("--data", required=True, help="manifest (JSON lines with audio, text, lang)")
     q.add_argument("--out", required=True, help="mask-set directory to write")
+    q.add_argument("--method", default="oneshot", choices=["oneshot", "imp"],
+                   help="oneshot: score once and prune; imp: iterative magnitude pruning with rewinding")
+    q.add_argument("--imp-rounds", type=int, default=3, help="imp: prune/rewind rounds")
+    q.add_argument("--imp-steps", type=int, default=50, help="imp: training steps per round")
+    q.add_argument("--imp-lr", type=float, default=5e-4, help="imp: Adam learning rate")
     q.add_argument("--scorer", default="taylor", choices=["magnitude", "taylor", "fisher", "random"])
     q.add_argument("--sparsity", type=float, default=None,
                    help="fraction of targeted weights removed (default 0.5; implied by an n:m pattern)")
