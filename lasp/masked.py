@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from lasp.bits import unpack_bits
 from lasp.errors import MaskError
 from lasp.kernels import MODES, masked_linear
 from lasp.masks import LanguageMasks
@@ -145,7 +146,6 @@ class MaskedModel(nn.Module):
     def _dense_mask(self, name: str, index: int, like: torch.Tensor) -> torch.Tensor:
         cache = self._mask_cache[name]
         if index not in cache:
-            from lasp.bits import unpack_bits
             cache[index] = unpack_bits(self.bits(name, like.device)[index], like.shape)
         return cache[index].to(like.dtype)
 
@@ -220,7 +220,6 @@ class MaskedModel(nn.Module):
                 acc = packed[0].clone()
                 for extra in packed[1:]:
                     acc |= extra
-                from lasp.bits import unpack_bits
                 out[name] = unpack_bits(acc, p.shape)
             self._union_cache[key] = out
         return self._union_cache[key]
@@ -253,7 +252,6 @@ class MaskedModel(nn.Module):
         with torch.no_grad():
             for name in self._targets:
                 p = params[name]
-                from lasp.bits import unpack_bits
                 p.mul_(unpack_bits(self.bits(name, p.device)[index], p.shape).to(p.dtype))
         return merged
 

@@ -5,8 +5,6 @@ from conftest import make_ctc_batch
 from lasp.confine import ConfinedOptimizer
 from lasp.errors import MaskError
 from lasp.masked import MaskedModel
-from lasp.masks import LanguageMasks
-from lasp.models import load_model
 from lasp.pruning import make_language_masks
 from lasp.targets import select_targets
 

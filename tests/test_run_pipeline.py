@@ -1,6 +1,5 @@
 """`lasp run`: the stage graph, and the whole pipeline at toy size through the real stage processes."""
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -21,7 +21,6 @@ import json
 import os
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2AttnAdapterLayer

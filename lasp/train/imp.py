@@ -9,7 +9,7 @@ Geometric sparsity steps prune the same fraction of the survivors each round.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
