@@ -44,6 +44,7 @@ class Job:
     threads: int = 1
     run_dir: Path | None = None
     max_steps: int | None = None
+    max_minutes: float | None = None  # a wall-time budget; progress is then shown against it
     proc: subprocess.Popen | None = None
     started: float = 0.0
     log: Path | None = None
@@ -83,7 +84,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                          f"pretrain.run_dir={base}", f"pretrain.init={cfg.model.name}",
                          f"pretrain.max_minutes={settings.base_minutes}", f"pretrain.max_steps={settings.base_steps}",
                          f"threads={settings.base_threads}", "data.mixed=false"],
-                [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps)]
+                [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps,
+                max_minutes=settings.base_minutes)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
     if masked:
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
@@ -106,7 +108,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                              f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base / 'final'}",
                              f"masks.dir={masks}", "threads=1", "data.mixed=false"],
                             ["masks"] if system in masked else ["base"], pretrain_dir / "final",
-                            run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps))
+                            run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps,
+                            max_minutes=cfg.pretrain.max_minutes))
         init = out / ("pretrain-shared" if system == "adapters" else f"pretrain-{system}") / "final"
         init_job = "pretrain-shared" if system == "adapters" else f"pretrain-{system}"
         if system == "adapters" and "shared" not in settings.systems:
@@ -115,7 +118,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
         jobs.append(Job(f"finetune-{system}",
                         [*lasp, "finetune", str(stage_recipe), f"finetune.system={system}",
                          f"finetune.run_dir={ft_dir}", f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
-                        [init_job], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps))
+                        [init_job], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
+                        max_minutes=cfg.finetune.max_minutes))
         eval_dir = out / f"eval-{system}"
         jobs.append(Job(f"evaluate-{system}",
                         [*lasp, "evaluate", str(stage_recipe), f"evaluate.model={ft_dir / 'final'}",
@@ -137,12 +141,17 @@ def _last_step(job: Job) -> int | None:
         return None
 
 
+def _progress(job: Job, step: int | None, elapsed: float) -> str:
+    """`` step 170/300 (30s)`` or, for a stage that stops on a time budget, `` step 170 (30s of 120s)``."""
+    if step is None:
+        return f" ({elapsed:.0f}s)"
+    if job.max_minutes:
+        return f" step {step} ({elapsed:.0f}s of {job.max_minutes * 60:.0f}s)"
+    return f" step {step}/{job.max_steps} ({elapsed:.0f}s)" if job.max_steps else f" step {step} ({elapsed:.0f}s)"
+
+
 def _status(running: list[Job], done: int, total: int, t0: float) -> str:
-    parts = []
-    for job in running:
-        step = _last_step(job)
-        where = f" step {step}/{job.max_steps}" if step is not None and job.max_steps else ""
-        parts.append(f"{job.name}{where} ({time.monotonic() - job.started:.0f}s)")
+    parts = [f"{job.name}{_progress(job, _last_step(job), time.monotonic() - job.started)}" for job in running]
     return f"[{_clock(time.monotonic() - t0)}] {done}/{total} done | running: {', '.join(parts) or '-'}"
 
 

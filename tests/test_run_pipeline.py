@@ -6,7 +6,7 @@ import pytest
 
 from lasp.config import load_recipe
 from lasp.errors import ConfigError
-from lasp.run import demo_recipe_path, plan_jobs, run, run_settings
+from lasp.run import _progress, demo_recipe_path, plan_jobs, run, run_settings
 
 
 def test_demo_recipe_is_the_repository_recipe():
@@ -30,11 +30,19 @@ def test_stage_graph(tmp_path):
     assert "--scorer" in jobs["masks"].argv and "taylor" in jobs["masks"].argv
 
 
+def test_progress_shows_the_time_budget_of_time_limited_stages(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}", "finetune.max_minutes=null"])
+    jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
+    # the demo's base model stops after base_minutes, not after its step ceiling
+    assert _progress(jobs["base"], 170, 30.4) == f" step 170 (30s of {cfg.extra['run'].base_minutes * 60:.0f}s)"
+    assert _progress(jobs["finetune-lasp"], 80, 24.0) == f" step 80/{cfg.finetune.max_steps} (24s)"
+    assert _progress(jobs["masks"], None, 5.0) == " (5s)"
+
+
 def test_unknown_system_is_named(tmp_path):
     cfg = load_recipe(demo_recipe_path(), ["run.systems=[shared,lora]"])
     with pytest.raises(ConfigError, match="unknown system 'lora'"):
         run_settings(cfg)
-
 
 
 def test_toy_run_end_to_end(tmp_path, monkeypatch):
