@@ -28,13 +28,16 @@ def masked_linear_reference(
 ) -> torch.Tensor:
     """``y = x (W ⊙ M_l)ᵀ + b`` for one language ``lang`` or per example (``row_lang[i]`` for ``x[i]``).
 
-    ``mask_cache`` (language index → bool mask) lets a caller keep the unpacked
-    mask of the active language between calls instead of unpacking every step.
+    ``mask_cache`` (language index → bool mask) keeps the unpacked masks between
+    calls instead of unpacking every step; it is filled here and the caller
+    decides which languages stay in it (the masked model keeps the active ones).
     """
     def mask_of(index: int) -> torch.Tensor:
-        if mask_cache is not None and index in mask_cache:
-            return mask_cache[index]
-        return dense_mask(bits, index, weight.shape)
+        if mask_cache is None:
+            return dense_mask(bits, index, weight.shape)
+        if index not in mask_cache:
+            mask_cache[index] = dense_mask(bits, index, weight.shape)
+        return mask_cache[index]
 
     if (lang is None) == (row_lang is None):
         raise ValueError("masked_linear needs exactly one of lang= or row_lang=")
