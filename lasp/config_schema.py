@@ -166,9 +166,10 @@ class RunConfig:
     low_factor: float = 5.0
     # systems to compare (shared, lasp, random, adapters)
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    # shared pre-training of the base model (minutes, steps, threads) before masks are searched
-    base_minutes: float = 2.0
-    base_steps: int = 100000
+    # shared pre-training of the base model before masks are searched: steps, an optional wall-time budget
+    # (null = none; a budget makes the base model depend on the machine's speed), threads
+    base_steps: int = 500
+    base_minutes: float | None = None
     base_threads: int = 2
     # stage processes running side by side, one thread each
     parallel: int = 2

@@ -56,9 +56,12 @@ def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[
 def training_table(out: Path, systems: list[str], stage_times: dict) -> str:
     lines = ["| system | pre-training steps | pre-training time | fine-tuning steps | fine-tuning time "
              "| stopped by | trainable parameters (fine-tuning) |", "|---|---|---|---|---|---|---|"]
+    ft_steps = {}
     for s in systems:
         pre = _read_json(out / f"pretrain-{s}" / "final" / "train_summary.json") or {}
         ft = _read_json(out / f"finetune-{s}" / "final" / "train_summary.json") or {}
+        if "step" in ft:
+            ft_steps[s] = ft["step"]
 
         def t(summary: dict) -> str:
             return f"{summary['elapsed_s']:.0f} s" if "elapsed_s" in summary else "–"
@@ -66,6 +69,12 @@ def training_table(out: Path, systems: list[str], stage_times: dict) -> str:
         trainable = ft.get("trainable_parameters")
         lines.append(f"| {s} | {pre.get('step', '–')} | {t(pre)} | {ft.get('step', '–')} | {t(ft)} "
                      f"| {ft.get('stopped_by', '–')} | {f'{trainable:,}' if trainable else '–'} |")
+    if len(set(ft_steps.values())) == 1:
+        lines.append(f"\nEvery system was fine-tuned for the same {next(iter(ft_steps.values()))} steps on the same "
+                     "batches from the same seed.")
+    elif ft_steps:
+        lines.append("\nFine-tuning step counts differ between systems (a wall-time budget stopped them), so the "
+                     "comparison is at equal wall time, not equal steps.")
     base = _read_json(out / "base" / "final" / "train_summary.json") or {}
     if base:
         lines.append(f"\nBase model (shared pre-training, the stand-in for XLSR): {base.get('step')} steps in "

@@ -59,6 +59,10 @@ def run_settings(cfg: RecipeConfig) -> RunConfig:
         raise ConfigError(f"run.systems: unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
     if settings.parallel < 1:
         raise ConfigError("run.parallel must be at least 1")
+    if settings.base_steps < 1:
+        raise ConfigError("run.base_steps must be at least 1")
+    if settings.base_minutes is not None and settings.base_minutes <= 0:
+        raise ConfigError("run.base_minutes must be > 0 (or null for no wall-time budget)")
     return settings
 
 
@@ -82,7 +86,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
     masks = Path(cfg.masks.dir) if cfg.masks.dir else out / "masks-lasp"
     jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
                          f"pretrain.run_dir={base}", f"pretrain.init={cfg.model.name}",
-                         f"pretrain.max_minutes={settings.base_minutes}", f"pretrain.max_steps={settings.base_steps}",
+                         f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
+                         f"pretrain.max_steps={settings.base_steps}",
                          f"threads={settings.base_threads}", "data.mixed=false"],
                 [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps,
                 max_minutes=settings.base_minutes)]
@@ -125,7 +130,15 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                         [*lasp, "evaluate", str(stage_recipe), f"evaluate.model={ft_dir / 'final'}",
                          f"evaluate.out_dir={eval_dir}", "threads=1"],
                         [f"finetune-{system}"], eval_dir / "results.json"))
-    return jobs
+    # When a thread-slot frees up, start the earliest kind of stage that is ready: every pre-training run
+    # before any fine-tuning run, so the long fine-tuning runs start as early as possible and end together.
+    rank = {"base": 0, "masks": 1, "pretrain": 2, "finetune": 3, "evaluate": 4}
+    return sorted(jobs, key=lambda job: rank[job.name.split("-")[0]])
+
+
+def _override_value(value) -> str:
+    """``value`` as the YAML of a ``key=value`` override (None is ``null``)."""
+    return "null" if value is None else str(value)
 
 
 def _last_step(job: Job) -> int | None:

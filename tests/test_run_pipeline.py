@@ -30,13 +30,42 @@ def test_stage_graph(tmp_path):
     assert "--scorer" in jobs["masks"].argv and "taylor" in jobs["masks"].argv
 
 
-def test_progress_shows_the_time_budget_of_time_limited_stages(tmp_path):
-    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}", "finetune.max_minutes=null"])
+def test_progress_shows_steps_or_the_time_budget(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}"])
     jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
-    # the demo's base model stops after base_minutes, not after its step ceiling
-    assert _progress(jobs["base"], 170, 30.4) == f" step 170 (30s of {cfg.extra['run'].base_minutes * 60:.0f}s)"
+    # the demo trains every stage for a fixed number of steps
+    assert _progress(jobs["base"], 170, 30.4) == f" step 170/{cfg.extra['run'].base_steps} (30s)"
+    assert "pretrain.max_minutes=null" in jobs["base"].argv
     assert _progress(jobs["finetune-lasp"], 80, 24.0) == f" step 80/{cfg.finetune.max_steps} (24s)"
     assert _progress(jobs["masks"], None, 5.0) == " (5s)"
+    # a stage with a wall-time budget shows progress against that budget
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}", "run.base_minutes=2", "finetune.max_minutes=6"])
+    jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
+    assert "pretrain.max_minutes=2.0" in jobs["base"].argv
+    assert _progress(jobs["base"], 170, 30.4) == " step 170 (30s of 120s)"
+    assert _progress(jobs["finetune-lasp"], 80, 24.0) == " step 80 (24s of 360s)"
+
+
+def test_every_pretraining_stage_is_scheduled_before_any_finetuning(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}"])
+    names = [j.name for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")]
+    kinds = [n.split("-")[0] for n in names]
+    assert kinds == sorted(kinds, key=["base", "masks", "pretrain", "finetune", "evaluate"].index)
+    assert names.index("pretrain-random") < names.index("finetune-shared")
+
+
+def test_demo_systems_train_equal_steps():
+    cfg = load_recipe(demo_recipe_path())
+    assert cfg.finetune.max_minutes is None and cfg.pretrain.max_minutes is None
+    assert cfg.extra["run"].base_minutes is None
+
+
+def test_bad_run_settings_are_named(tmp_path):
+    for override, key in (("run.base_steps=0", "run.base_steps"), ("run.base_minutes=-1", "run.base_minutes"),
+                          ("run.parallel=0", "run.parallel")):
+        cfg = load_recipe(demo_recipe_path(), [override])
+        with pytest.raises(ConfigError, match=key):
+            run_settings(cfg)
 
 
 def test_unknown_system_is_named(tmp_path):
@@ -61,6 +90,7 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
         assert set(results["languages"]) == {"es", "de"}
         assert f"| {system} |" in text
     assert "stand-in for XLSR" in text and "iou_heatmap.png" in text
+    assert "Every system was fine-tuned for the same 3 steps" in text
     assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
     summary = json.loads((tmp_path / "out/finetune-lasp/final/train_summary.json").read_text())
     assert summary["step"] == 3
