@@ -182,6 +182,8 @@ class RecipeConfig:
     seed: int = 0
     # torch.set_num_threads; null leaves torch's default
     threads: int | None = None
+    # oneDNN kernels for CPU convolutions (torch's default); small models train faster without them, see lasp.cpu
+    cpu_onednn: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # root for the stages' default run directories
     output_dir: str = "runs/lasp"

@@ -134,9 +134,10 @@ def evaluate(cfg) -> dict:
     from lasp.train.distributed import pick_device
     from lasp.train.systems import load_system
 
+    from lasp.cpu import apply_cpu_settings
+
     ev = cfg.evaluate
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
     model_dir = Path(ev.model) if ev.model else stage_run_dir(cfg, "finetune") / "final"
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"no fine-tuned model at {model_dir} (set evaluate.model or run `lasp finetune` first)")

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from lasp.config import RecipeConfig, save_recipe
+from lasp.cpu import apply_cpu_settings
 from lasp.masks import CONFIG_NAME, LanguageMasks
 from lasp.train import distributed as D
 from lasp.train.systems import System, random_masks_like
 
 
 def start_stage(cfg: RecipeConfig) -> D.DistInfo:
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
     info = D.init_distributed(cfg.device)
     # the same seed on every rank: model initialisation must agree; data order is sharded by the sampler
     random.seed(cfg.seed)
