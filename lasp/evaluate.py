@@ -19,6 +19,7 @@ from typing import Sequence
 import jiwer
 import torch
 
+from lasp.cpu import apply_cpu_settings
 from lasp.errors import ConfigError, DataError
 
 
@@ -133,8 +134,6 @@ def evaluate(cfg) -> dict:
     from lasp.train.data import make_dataset, read_split
     from lasp.train.distributed import pick_device
     from lasp.train.systems import load_system
-
-    from lasp.cpu import apply_cpu_settings
 
     ev = cfg.evaluate
     apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
