@@ -194,7 +194,7 @@ def write_run(root, seed, error_rates, langs=("es", "de", "tr"), low=("tr",), ut
 
 
 def test_seed_summary_of_run_directories(tmp_path):
-    rates = {"shared": 0.3, "lasp": 0.2, "random": 0.3}
+    rates = {"shared": 0.3, "lasp": 0.2, "random": 0.3, "adapters": 0.2}
     dirs = [write_run(tmp_path, s, rates) for s in (0, 1, 2)]
     summary = seed_summary(dirs, n_boot=500, out_dir=tmp_path / "summary")
     assert summary.seeds == [0, 1, 2]
@@ -203,8 +203,11 @@ def test_seed_summary_of_run_directories(tmp_path):
     assert summary.aggregates["lasp"]["macro"]["mean"] == pytest.approx(statistics.mean(macro))
     assert summary.aggregates["lasp"]["macro"]["std"] == pytest.approx(statistics.stdev(macro))
     by_claim = {(c.claim, c.scope): c for c in summary.comparisons}
-    assert set(by_claim) == {(f"lasp < {b}", s) for b in ("shared", "random") for s in ("all", "high", "low")}
+    claims = ("lasp < shared", "lasp < random", "lasp vs adapters")
+    assert set(by_claim) == {(c, s) for c in claims for s in ("all", "high", "low")}
     assert by_claim[("lasp < shared", "all")].verdict == LOWER
+    assert by_claim[("lasp < random", "high")].verdict == LOWER
+    assert by_claim[("lasp vs adapters", "all")].verdict == NO_DIFFERENCE
     assert by_claim[("lasp < shared", "low")].languages == ["tr"]
     md = summary.markdown
     assert "| lasp < shared | all |" in md and "lower, interval excludes 0" in md

@@ -23,7 +23,9 @@ from lasp.analysis.stats import Comparison, aggregate, cer_interval, compare, gr
 from lasp.analysis.utterances import LanguageScores, read_eval_dir
 from lasp.errors import ConfigError
 
-CLAIMS = (("lasp", "shared"), ("lasp", "random"), ("lasp", "adapters"))
+# (system, baseline, label): each is tested as the paired difference system − baseline
+CLAIMS = (("lasp", "shared", "lasp < shared"), ("lasp", "random", "lasp < random"),
+          ("lasp", "adapters", "lasp vs adapters"))
 EVAL_DIR = "eval-{system}"   # where `lasp run` puts each system's evaluation
 
 
@@ -85,10 +87,12 @@ class SeedSummary:
 
 
 def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str] | None = None,
-                 groups: Mapping[str, str] | None = None, claims: Sequence[tuple[str, str]] = CLAIMS,
+                 groups: Mapping[str, str] | None = None, claims: Sequence[tuple[str, ...]] = CLAIMS,
                  n_boot: int = 2000, seed: int = 0, eval_dir: str = EVAL_DIR,
                  out_dir: str | os.PathLike | None = None, plots: bool = True) -> SeedSummary:
-    """Aggregate ``run_dirs`` (one finished `lasp run` per seed) and test ``claims`` (system, baseline).
+    """Aggregate ``run_dirs`` (one finished `lasp run` per seed) and test ``claims``.
+
+    A claim is (system, baseline) or (system, baseline, label); its figure is system − baseline.
 
     ``groups`` maps language → resource group; by default languages listed in the recipes'
     ``run.low_resource`` are "low" and the others "high". A claim whose systems were not both run is
@@ -121,12 +125,12 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
                  for s in names}
     comparisons = []
     scopes = [("all", languages)] + (list(by_group.items()) if len(by_group) > 1 else [])
-    for system, baseline in claims:
+    for system, baseline, *label in claims:
         if system not in per_system or baseline not in per_system:
             continue
         for scope, langs in scopes:
             comparisons.append(compare(per_system[system], per_system[baseline], langs, names=(system, baseline),
-                                       scope=scope, n_boot=n_boot, seed=seed))
+                                       scope=scope, n_boot=n_boot, seed=seed, label="".join(label)))
     summary = SeedSummary(seeds, [str(r.path) for r in runs], languages, names, by_group, aggregates, intervals,
                           comparisons, n_boot)
     summary.markdown = format_seed_markdown(summary)

@@ -99,10 +99,11 @@ class Comparison:
     confidence: float
     verdict: str
     utterances: int
+    label: str = ""   # how the claim is named in tables; default "<system> < <baseline>"
 
     @property
     def claim(self) -> str:
-        return f"{self.system} < {self.baseline}"
+        return self.label or f"{self.system} < {self.baseline}"
 
     def as_dict(self) -> dict:
         return asdict(self) | {"claim": self.claim}
@@ -137,7 +138,8 @@ def _common_seeds(a: SystemScores, b: SystemScores, names: tuple[str, str]) -> l
 
 
 def compare(a: SystemScores, b: SystemScores, languages: Sequence[str], *, names: tuple[str, str] = ("A", "B"),
-            scope: str = "all", n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Comparison:
+            scope: str = "all", n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+            label: str = "") -> Comparison:
     """Paired difference A − B of macro CER over ``languages`` with a hierarchical bootstrap interval."""
     if not languages:
         raise ValueError("compare needs at least one language")
@@ -155,7 +157,7 @@ def compare(a: SystemScores, b: SystemScores, languages: Sequence[str], *, names
     tail = 100 * (1 - confidence) / 2
     low, high = (float(v) for v in np.percentile(reps, [tail, 100 - tail]))
     return Comparison(names[0], names[1], scope, list(languages), list(seeds), _statistic(cells), low, high,
-                      confidence, verdict(low, high), int(sum(len(num) for row in cells for num, _ in row)))
+                      confidence, verdict(low, high), int(sum(len(num) for row in cells for num, _ in row)), label)
 
 
 def cer_interval(scores: SystemScores, lang: str, *, n_boot: int = 2000, seed: int = 0,
