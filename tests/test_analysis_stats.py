@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lasp.analysis.overlap import compute_overlap, specificity
+from lasp.analysis.overlap_report import overlap_analysis
 from lasp.analysis.plots import plot_cer_vs_sparsity
 from lasp.analysis.seeds import seed_summary
 from lasp.analysis.stats import HIGHER, LOWER, NO_DIFFERENCE, aggregate, compare, hierarchical_bootstrap, verdict
@@ -153,6 +154,17 @@ def test_random_masks_have_specificity_one_and_identical_masks_the_maximum():
     assert sp_same["iou_ratio"] == pytest.approx(sp_same["max_iou_ratio"])
     assert sp_same["iou_ratio"] > 1.5 and sp["iou_ratio"] < sp["max_iou_ratio"]
     assert sp_same["mean_unique_share"] == 0.0
+
+
+def test_overlap_report_carries_the_specificity(tmp_path):
+    rand = {lang: _random(SHAPES, [0.3, 0.6, 0.5], seed) for seed, lang in enumerate(["es", "de", "tr"])}
+    result = overlap_analysis(rand, out_dir=tmp_path, plots=False)
+    saved = json.loads((tmp_path / "specificity.json").read_text())
+    assert saved["iou_ratio"] == pytest.approx(result.specificity["iou_ratio"]) == pytest.approx(1.0, abs=0.05)
+    assert saved["languages"] == ["es", "de", "tr"]
+    assert f"ratio {result.specificity['iou_ratio']:.2f} (1 = chance level" in result.summary
+    rows = (tmp_path / "languages.csv").read_text().splitlines()
+    assert rows[0].endswith("random_unique_fraction_of_kept")
 
 
 def test_language_masks_iou_is_the_analysis_iou():

@@ -160,7 +160,8 @@ def _write(stats: OverlapStats, result: OverlapResult, out_dir: str, plots: bool
             layers = list(stats.per_layer)
             files["layer_curves"] = plot_layer_curves(
                 layers, [stats.per_layer[l].iou() for l in layers],
-                [stats.per_layer[l].density() for l in layers], langs, j("layer_curves.png"))
+                [stats.per_layer[l].density() for l in layers], langs, j("layer_curves.png"),
+                random_iou_per_layer=[stats.per_layer[l].random_iou() for l in layers])
         if result.clustering:
             files["dendrogram"] = plot_dendrogram(result.clustering["linkage"], langs, j("dendrogram.png"))
         files["sharing_histogram"] = plot_sharing_histogram(result.sharing["counts"], j("sharing_histogram.png"))
@@ -173,9 +174,10 @@ def format_summary(result: OverlapResult, max_matrix: int = 12) -> str:
     langs, n = result.languages, len(result.languages)
     lines = [f"{n} language(s), {result.numel:,} targeted weights per language"]
     lines.append(format_table(
-        ["language", "kept", "density", "unique", "unique/kept"],
+        ["language", "kept", "density", "unique", "unique/kept", "if random"],
         [[lang, result.kept[i], result.density[i], result.unique_per_language[i],
-          result.unique_per_language[i] / result.kept[i] if result.kept[i] else float("nan")]
+          result.unique_per_language[i] / result.kept[i] if result.kept[i] else float("nan"),
+          result.specificity["random_unique_share"][i]]
          for i, lang in enumerate(langs)]))
     if 2 <= n <= max_matrix:
         lines += ["", "pairwise IoU"]
@@ -193,11 +195,10 @@ def format_summary(result: OverlapResult, max_matrix: int = 12) -> str:
                    f"the rest {fmt(s['rest_fraction_of_union'], '.1%')}")]
     if n >= 2:
         sp = result.specificity
-        lines.append(f"specificity: mean pairwise IoU {fmt(sp['mean_iou'])} vs {fmt(sp['mean_random_iou'])} for random "
-                     f"masks of the same per-tensor density (ratio {fmt(sp['iou_ratio'], '.2f')}; 1 = random-level "
-                     f"sharing, {fmt(sp['max_iou_ratio'], '.2f')} = nested masks); kept weights unique to a "
-                     f"language {fmt(sp['mean_unique_share'], '.1%')} vs {fmt(sp['mean_random_unique_share'], '.1%')} "
-                     "for random masks")
+        lines.append(f"specificity: mean pairwise IoU {fmt(sp['mean_iou'])}, random masks of the same per-tensor "
+                     f"density {fmt(sp['mean_random_iou'])}: ratio {fmt(sp['iou_ratio'], '.2f')} (1 = chance level, "
+                     f"at most {fmt(sp['max_iou_ratio'], '.2f')}); kept weights unique to one language "
+                     f"{fmt(sp['mean_unique_share'], '.1%')} (random masks {fmt(sp['mean_random_unique_share'], '.1%')})")
         kinds = list(result.per_kind)
         lines.append("mean pairwise IoU per module: " + "  ".join(
             f"{k} {fmt(_mean_pairwise(result.per_kind[k]['iou']), '.3f')}" for k in kinds))

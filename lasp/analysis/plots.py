@@ -49,8 +49,10 @@ def plot_iou_heatmap(iou_matrix: Sequence[Sequence[float]], languages: Sequence[
 
 def plot_layer_curves(layers: Sequence[int], iou_per_layer: Sequence[Sequence[Sequence[float]]],
                       density_per_layer: Sequence[Sequence[float]], languages: Sequence[str],
-                      path: str | os.PathLike) -> str:
-    """Left: mean pairwise IoU per layer with its min–max band. Right: each language's density per layer."""
+                      path: str | os.PathLike,
+                      random_iou_per_layer: Sequence[Sequence[Sequence[float]]] | None = None) -> str:
+    """Left: mean pairwise IoU per layer with its min–max band (and, if given, the mean IoU random masks of
+    the same per-tensor density would have: the chance level). Right: each language's density per layer."""
     layers = list(layers)
     n = len(languages)
     fig = Figure(figsize=(10, 4))
@@ -62,6 +64,10 @@ def plot_layer_curves(layers: Sequence[int], iou_per_layer: Sequence[Sequence[Se
         ax_iou.fill_between(layers, np.nanmin(pairs, axis=1), np.nanmax(pairs, axis=1), alpha=0.25,
                             label="min–max over pairs")
         ax_iou.plot(layers, mean, marker="o", label="mean over pairs")
+        if random_iou_per_layer is not None:
+            chance = np.array([np.asarray(m, dtype=float)[iu] for m in random_iou_per_layer])
+            ax_iou.plot(layers, np.nanmean(chance, axis=1), linestyle="--", color="gray",
+                        label="random masks, same density")
         ax_iou.legend(fontsize=8)
     ax_iou.set_xlabel("encoder layer")
     ax_iou.set_ylabel("pairwise IoU")
