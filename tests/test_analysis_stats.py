@@ -10,7 +10,7 @@ import torch
 from lasp.analysis.overlap import compute_overlap, specificity
 from lasp.analysis.overlap_report import overlap_analysis
 from lasp.analysis.plots import plot_cer_vs_sparsity
-from lasp.analysis.seeds import seed_summary
+from lasp.analysis.seeds import seed_summary, sweep_rows
 from lasp.analysis.stats import HIGHER, LOWER, NO_DIFFERENCE, aggregate, compare, hierarchical_bootstrap, verdict
 from lasp.analysis.utterances import LanguageScores, read_eval_dir, utterance_counts
 from lasp.config import load_recipe, save_recipe
@@ -220,6 +220,9 @@ def test_seed_summary_of_run_directories(tmp_path):
     assert by_claim[("lasp < shared", "all")].verdict == LOWER
     assert by_claim[("lasp < random", "high")].verdict == LOWER
     assert by_claim[("lasp vs adapters", "all")].verdict == NO_DIFFERENCE
+    mean, low, high = summary.macro_intervals["lasp"]
+    assert mean == pytest.approx(summary.aggregates["lasp"]["macro"]["mean"]) and low < mean < high
+    assert summary.macro_intervals["shared"][1] > high  # lasp's planted advantage shows in the intervals too
     assert by_claim[("lasp < shared", "low")].languages == ["tr"]
     md = summary.markdown
     assert "| lasp < shared | all |" in md and "lower, interval excludes 0" in md
@@ -250,8 +253,14 @@ def test_seed_summary_refuses_stale_or_repeated_runs(tmp_path):
 
 
 def test_cer_vs_sparsity_plot(tmp_path):
-    rows = [{"method": m, "sparsity": s, "cer": 0.2 + s / 10, "low": 0.18 + s / 10, "high": 0.25 + s / 10}
-            for m in ("oneshot", "imp") for s in (0.3, 0.5, 0.7)]
+    points = {}
+    for k, sparsity in enumerate((0.3, 0.7)):
+        dirs = [write_run(tmp_path / f"p{k}", s, {"shared": 0.3, "lasp": 0.1 + 0.2 * k}, utts=8) for s in (0, 1)]
+        points[("oneshot", sparsity)] = seed_summary(dirs, n_boot=200, plots=False)
+    rows = sweep_rows(points)
+    assert [r["sparsity"] for r in rows] == [0.3, 0.7] and rows[0]["cer"] < rows[1]["cer"]
+    assert rows[1]["cer"] == pytest.approx(points[("oneshot", 0.7)].aggregates["lasp"]["macro"]["mean"])
+    rows += [{"method": "imp", "sparsity": s, "cer": 0.2 + s / 10} for s in (0.3, 0.5, 0.7)]  # no interval
     path = plot_cer_vs_sparsity(rows, tmp_path / "cer_vs_sparsity.png")
     assert path == str(tmp_path / "cer_vs_sparsity.png")
     assert (tmp_path / "cer_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"

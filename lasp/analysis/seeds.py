@@ -73,6 +73,7 @@ class SeedSummary:
     groups: dict[str, list[str]]
     aggregates: dict[str, dict]                       # system → stats.aggregate(...)
     intervals: dict[str, dict[str, tuple[float, float, float]]]   # system → language → (mean, low, high)
+    macro_intervals: dict[str, tuple[float, float, float]]        # system → macro CER (mean, low, high)
     comparisons: list[Comparison]
     n_boot: int
     markdown: str = ""
@@ -82,6 +83,7 @@ class SeedSummary:
         return {"seeds": self.seeds, "runs": self.runs, "languages": self.languages, "systems": self.systems,
                 "groups": self.groups, "aggregates": self.aggregates,
                 "intervals": {s: {l: list(v) for l, v in iv.items()} for s, iv in self.intervals.items()},
+                "macro_intervals": {s: list(v) for s, v in self.macro_intervals.items()},
                 "comparisons": [c.as_dict() for c in self.comparisons], "n_boot": self.n_boot,
                 "files": self.files}
 
@@ -123,6 +125,7 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
     aggregates = {s: aggregate(per_system[s], languages, grouping) for s in names}
     intervals = {s: {lang: cer_interval(per_system[s], lang, n_boot=n_boot, seed=seed) for lang in languages}
                  for s in names}
+    macro_intervals = {s: cer_interval(per_system[s], languages, n_boot=n_boot, seed=seed) for s in names}
     comparisons = []
     scopes = [("all", languages)] + (list(by_group.items()) if len(by_group) > 1 else [])
     for system, baseline, *label in claims:
@@ -132,7 +135,7 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
             comparisons.append(compare(per_system[system], per_system[baseline], langs, names=(system, baseline),
                                        scope=scope, n_boot=n_boot, seed=seed, label="".join(label)))
     summary = SeedSummary(seeds, [str(r.path) for r in runs], languages, names, by_group, aggregates, intervals,
-                          comparisons, n_boot)
+                          macro_intervals, comparisons, n_boot)
     summary.markdown = format_seed_markdown(summary)
     if out_dir is not None:
         summary.files = _write(summary, Path(out_dir), plots)
@@ -150,11 +153,12 @@ def format_seed_markdown(summary: SeedSummary) -> str:
     out = [f"CER over {n} seed(s) ({', '.join(map(str, summary.seeds))}): mean ± sample standard deviation "
            "across seeds; macro CER is the unweighted mean of the languages' CERs.", ""]
     group_cols = [f"{g} macro ({', '.join(summary.groups[g])})" for g in groups]
-    out.append("| system | macro CER | " + " | ".join(group_cols) + (" |" if group_cols else "|"))
-    out.append("|---|---|" + "---|" * len(groups))
+    out.append("| system | macro CER | 95 % interval | " + " | ".join(group_cols) + (" |" if group_cols else "|"))
+    out.append("|---|---|---|" + "---|" * len(groups))
     for s in summary.systems:
-        a = summary.aggregates[s]
-        out.append(f"| {s} | {_pm(a['macro'])} |" + "".join(f" {_pm(a['groups'][g])} |" for g in groups))
+        a, (_, low, high) = summary.aggregates[s], summary.macro_intervals[s]
+        out.append(f"| {s} | {_pm(a['macro'])} | [{fmt(low)}, {fmt(high)}] |"
+                   + "".join(f" {_pm(a['groups'][g])} |" for g in groups))
     out += ["", "| system | " + " | ".join(langs) + " |", "|---|" + "---|" * len(langs)]
     for s in summary.systems:
         a = summary.aggregates[s]
@@ -183,3 +187,15 @@ def _write(summary: SeedSummary, out_dir: Path, plots: bool) -> dict[str, str]:
     Path(files["markdown"]).write_text(summary.markdown + "\n", encoding="utf-8")
     write_json(summary.as_dict() | {"files": files}, files["json"])
     return files
+
+
+def sweep_rows(points: Mapping[tuple[str, float], SeedSummary], system: str = "lasp") -> list[dict]:
+    """Rows for :func:`lasp.analysis.plots.plot_cer_vs_sparsity`: one per (method, sparsity) summary, holding
+    ``system``'s macro CER (mean over seeds) and its bootstrap interval."""
+    rows = []
+    for (method, sparsity), summary in points.items():
+        if system not in summary.macro_intervals:
+            raise ConfigError(f"sweep point {method} at sparsity {sparsity}: no {system!r} system in its runs")
+        mean, low, high = summary.macro_intervals[system]
+        rows.append({"method": method, "sparsity": float(sparsity), "cer": mean, "low": low, "high": high})
+    return rows

@@ -160,10 +160,12 @@ def compare(a: SystemScores, b: SystemScores, languages: Sequence[str], *, names
                       confidence, verdict(low, high), int(sum(len(num) for row in cells for num, _ in row)), label)
 
 
-def cer_interval(scores: SystemScores, lang: str, *, n_boot: int = 2000, seed: int = 0,
+def cer_interval(scores: SystemScores, languages: str | Sequence[str], *, n_boot: int = 2000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean over seeds, low, high) of one system's CER on one language: seeds, then utterances, resampled."""
-    cells = [[(scores[s][lang].edits, scores[s][lang].chars)] for s in scores]
+    """(mean over seeds, low, high) of one system's CER on one language, or its macro CER over several,
+    with the same hierarchical bootstrap as :func:`compare`."""
+    languages = [languages] if isinstance(languages, str) else list(languages)
+    cells = [[(scores[s][lang].edits, scores[s][lang].chars) for lang in languages] for s in scores]
     reps = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(reps, [tail, 100 - tail])
