@@ -176,9 +176,10 @@ def plot_cer_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for method in methods:
+    for i, method in enumerate(methods):
         pts = sorted((r for r in rows if str(r["method"]) == method), key=lambda r: float(r["sparsity"]))
-        xs = np.array([float(r["sparsity"]) for r in pts])
+        # a small sideways offset per method keeps error bars at the same sparsity from hiding each other
+        xs = np.array([float(r["sparsity"]) for r in pts]) + (i - (len(methods) - 1) / 2) * 0.004
         ys = np.array([float(r["cer"]) for r in pts])
         if all(r.get("low") is not None and r.get("high") is not None for r in pts):
             err = np.vstack([np.clip(ys - [float(r["low"]) for r in pts], 0, None),
