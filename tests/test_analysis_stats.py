@@ -239,9 +239,9 @@ def test_seed_summary_of_run_directories(tmp_path):
 
 def test_seed_summary_refuses_stale_or_repeated_runs(tmp_path):
     rates = {"shared": 0.3, "lasp": 0.2}
-    d0 = write_run(tmp_path, 0, rates)
+    d0, d1 = write_run(tmp_path, 0, rates), write_run(tmp_path, 1, rates)
     with pytest.raises(ConfigError, match="seed 0 is also the seed"):
-        seed_summary([d0, d0], n_boot=10)
+        seed_summary([d0, d1, d0], n_boot=10)
     recogs = d0 / "eval-lasp" / "recogs-de.txt"
     lines = recogs.read_text().splitlines()
     ident, ref, _ = lines[0].split("\t")

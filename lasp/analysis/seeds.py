@@ -104,10 +104,11 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
     if not run_dirs:
         raise ConfigError("seed summary: no run directories given")
     runs = [read_run(d, systems, eval_dir) for d in run_dirs]
-    first = runs[0]
-    for r in runs[1:]:
-        if r.seed == first.seed:
-            raise ConfigError(f"{r.path}: seed {r.seed} is also the seed of {first.path}; give one run per seed")
+    first, seen = runs[0], {}
+    for r in runs:
+        if str(r.seed) in seen:
+            raise ConfigError(f"{r.path}: seed {r.seed} is also the seed of {seen[str(r.seed)]}; give one run per seed")
+        seen[str(r.seed)] = r.path
         if r.languages != first.languages:
             raise ConfigError(f"{r.path}: languages {r.languages} differ from {first.path}'s {first.languages}")
         if set(r.scores) != set(first.scores):
@@ -116,8 +117,6 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
         if groups is None and r.groups != first.groups:
             raise ConfigError(f"{r.path}: run.low_resource differs from {first.path}'s")
     seeds = [r.seed for r in runs]
-    if len(set(map(str, seeds))) != len(seeds):
-        raise ConfigError(f"seed summary: seeds {seeds} repeat")
     languages, names = first.languages, list(first.scores)
     grouping = dict(groups) if groups is not None else first.groups
     by_group = group_languages(languages, grouping)
