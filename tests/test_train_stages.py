@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from lasp.cli import main
 from lasp.masks import LanguageMasks
-from lasp.train.logging import read_metrics
+from lasp.train.metrics_log import read_metrics
 from test_train_support import FAST_MODEL, fast_recipe, make_corpus
 
 
