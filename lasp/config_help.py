@@ -2,7 +2,8 @@
 
 Keyed by schema class and field, so a section reached twice (``pretrain.optim`` and ``finetune.optim``) and
 fields a class inherits (``StageConfig`` -> ``PretrainConfig``) are documented once. A test checks that every
-key of the schema has help here: a new recipe key is not finished until it is documented.
+key of the schema has help here: a new recipe key is not finished until it is documented. Entries for keys a
+schema does not have are ignored (help may land before its key).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ HELP: dict[str, dict[str, str]] = {
         "batch_size": "utterances per batch and rank; null = use max_batch_seconds",
         "max_batch_seconds": "audio seconds per batch (duration-bounded batches); null = use batch_size",
         "mixed": "false: each batch holds one language (needed for language-adaptive pre-training)",
+        "num_workers": "DataLoader worker processes decoding and collating batches; 0 = in the training process",
+        "prefetch_factor": "batches each worker prepares ahead (ignored with num_workers 0)",
     },
     "MaskConfig": {
         "dir": "mask set folder; searched and written there when it holds no mask set yet",
@@ -57,6 +60,8 @@ HELP: dict[str, dict[str, str]] = {
         "imp_rounds": "imp only: rounds of (train, prune, rewind to the shared weights)",
         "imp_steps": "imp only: training steps on the language per round",
         "imp_lr": "imp only: learning rate of those training steps",
+        "reuse": "use the mask set in dir even if what made it (scorer, sparsity, data, ...) differs from this recipe",
+        "min_utterances": "a language needs at least this many training rows to get a mask searched for it",
     },
     "AdapterConfig": {
         "dim": "bottleneck width of the adapter after every encoder layer (transformers' adapter_attn_dim)",
@@ -85,6 +90,7 @@ HELP: dict[str, dict[str, str]] = {
         "keep_checkpoints": "how many of the newest checkpoints to keep",
         "precision": "autocast precision on GPU: fp32, bf16 or fp16 (CPU always trains in fp32)",
         "resume": "continue from the newest checkpoint in run_dir when there is one",
+        "resume_allow": "keys that may differ from the recipe the run started with when resuming, e.g. [max_steps]",
     },
     "PretrainConfig": {
         "mask_time_prob": "probability that a frame starts a masked span (wav2vec 2.0: 0.65)",
@@ -122,6 +128,7 @@ HELP: dict[str, dict[str, str]] = {
         "base_threads": "threads of the base training",
         "parallel": "stage processes running side by side, one thread each",
         "report": "path of the markdown report (its figures go next to it)",
+        "synthesize": "auto: synthesize a corpus only when run.corpus has no manifests; always; never (use yours)",
     },
 }
 

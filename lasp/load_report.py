@@ -41,7 +41,8 @@ def summary_line(path: str, info: dict) -> str:
     missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
     parts = []
     if unexpected:
-        parts.append(f"{len(unexpected)} head tensors not used ({', '.join(sorted({k.split('.')[0] for k in unexpected}))})")
+        heads = ", ".join(sorted({k.split(".")[0] for k in unexpected}))
+        parts.append(f"{len(unexpected)} head tensors not used ({heads})")
     if missing:
         parts.append(f"new CTC head initialised ({', '.join(missing)})")
     return f"loaded {path}: " + "; ".join(parts) if parts else f"loaded {path}"

@@ -81,7 +81,9 @@ def check_stage(cfg: RecipeConfig, stage: str) -> None:
         else:
             from lasp.train.finetune import finetune_init
 
-            check_model_source("finetune.init" if sc.init else "model.name", finetune_init(cfg))
+            init = finetune_init(cfg)
+            init = init[0] if isinstance(init, tuple) else init  # (start point, why) in newer versions
+            check_model_source("finetune.init" if sc.init else "model.name", init)
         check_output_dir(f"{stage}.run_dir" if sc.run_dir else "output_dir", stage_run_dir(cfg, stage))
         if cfg.masks.dir and sc.system == "lasp" and not (Path(cfg.masks.dir) / "mask_config.json").is_file():
             check_output_dir("masks.dir", cfg.masks.dir)  # searched and written there
