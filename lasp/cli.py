@@ -68,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except LaspError as err:
         print(f"lasp {name}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
         again = "resume with" if getattr(args, "resumable", False) else "run it again with"
-        print(f"\nlasp {name}: interrupted; {again}: {_command_line(argv)}", file=sys.stderr)
+        detail = str(err).strip()  # training may say at which step it stopped and where it saved
+        command = _command_line(argv)
+        line = f"{detail} ({again}: {command})" if detail else f"interrupted; {again}: {command}"
+        print(f"lasp {name}: {line}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # like other Unix tools when the reader of their output exits: stop quietly (128 + SIGPIPE)

@@ -41,7 +41,7 @@ def no_model_load(monkeypatch):
 
 def one_line_error(capsys, rc: int, *needles: str) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = err.rstrip("\n").splitlines()
     assert rc != 0
     assert len(lines) == 1 and "Traceback" not in err, err
     for needle in needles:
@@ -134,6 +134,17 @@ def test_keyboard_interrupt_is_one_line_with_the_resume_command(recipe, capsys, 
     assert rc == 130
     line = one_line_error(capsys, rc, "interrupted; resume with: lasp finetune")
     assert line.endswith(f"{recipe} finetune.max_steps=5")
+
+
+def test_keyboard_interrupt_keeps_what_training_said(recipe, capsys, monkeypatch):
+    def stage(cfg):  # training saved a checkpoint and says so in the exception
+        raise KeyboardInterrupt("interrupted at step 3; checkpoint runs/x/checkpoint-000003")
+
+    monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
+    rc = main(["pretrain", str(recipe)])
+    assert rc == 130
+    one_line_error(capsys, rc, "lasp pretrain: interrupted at step 3; checkpoint runs/x/checkpoint-000003 "
+                               f"(resume with: lasp pretrain {recipe})")
 
 
 def test_closed_pipe_exits_quietly(tmp_path):
