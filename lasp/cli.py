@@ -16,7 +16,7 @@ import sys
 
 from lasp import __version__
 from lasp.errors import LaspError
-from lasp.failures import describe_os_error, describe_unicode
+from lasp.failures import describe_io_text, describe_os_error, describe_unicode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"lasp {name}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a disk error that a compiled writer reports as its own exception type
+        line = None if debug else describe_io_text(err)
+        if line is None:
+            raise  # a bug, not the user's input: keep the traceback
+        print(f"lasp {name}: error: {line}", file=sys.stderr)
         return 1
     return int(result or 0)
 

@@ -26,15 +26,39 @@ _HINTS = {
 }
 
 
-def _open_file_in(tb) -> str | None:
-    """The name of the innermost open file object a frame of traceback ``tb`` held (None if none)."""
+def _open_file_in(tb, *, by_name: bool = False) -> str | None:
+    """The innermost file a frame of traceback ``tb`` was reading or writing (None if none).
+
+    An open file object names it; with ``by_name``, so does a local called ``filename``, ``path`` or ``f``
+    holding a path (safetensors' ``save_file(tensors, filename)``, ``torch.save(obj, f)``).
+    """
     names = []
     while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
+        for key, value in tb.tb_frame.f_locals.items():
             if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
                 names.append(value.name)
+            elif by_name and key in ("filename", "path", "f") and isinstance(value, (str, os.PathLike)):
+                names.append(os.fspath(value))
         tb = tb.tb_next
     return names[-1] if names else None
+
+
+# errors from compiled writers (safetensors, torch) that are file-system errors underneath, by their text
+_IO_TEXT = {
+    errno.ENOSPC: ("No space left on device", "os error 28", "file write failed"),
+    errno.EROFS: ("Read-only file system", "os error 30"),
+    errno.EACCES: ("Permission denied", "os error 13"),
+}
+
+
+def describe_io_text(err: BaseException) -> str | None:
+    """One line for a non-OSError whose message shows a full, read-only or forbidden disk; None otherwise."""
+    text = " ".join(str(err).split())
+    for code, needles in _IO_TEXT.items():
+        if any(n in text for n in needles):
+            path = _open_file_in(err.__traceback__, by_name=True)
+            return f"{path + ': ' if path else ''}{os.strerror(code)}; {_HINTS[code]}"
+    return None
 
 
 def _first_bad_byte(path: str) -> str:

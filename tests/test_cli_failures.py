@@ -156,3 +156,34 @@ def test_closed_pipe_exits_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
     assert err == ""
+
+
+def test_full_disk_reported_by_a_compiled_writer(tmp_path, recipe, capsys, monkeypatch):
+    """safetensors raises its own error type for ENOSPC; the message still becomes one line naming the file."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    target = tmp_path / "runs" / "model.safetensors"
+
+    def write(tensors, filename):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              'message: "No space left on device" })')
+
+    def stage(cfg):
+        import torch
+
+        safetensors.torch.save_file({"w": torch.zeros(2)}, str(target))
+
+    monkeypatch.setattr("safetensors.torch.save_file", write)
+    monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
+    rc = main(["pretrain", str(recipe)])
+    one_line_error(capsys, rc, str(target), "No space left on device", "disk is full")
+
+
+def test_a_bug_keeps_its_traceback(recipe, monkeypatch):
+    def stage(cfg):
+        raise RuntimeError("shape mismatch in lasp itself")
+
+    monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["pretrain", str(recipe)])
