@@ -29,7 +29,7 @@ from lasp.config_schema import StageConfig
 from lasp.errors import ConfigError
 from lasp.train import distributed as D
 from lasp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from lasp.train.logging import MetricsLogger
+from lasp.train.metrics_log import MetricsLogger
 from lasp.train.schedule import lr_factor
 from lasp.train.systems import System
 
