@@ -89,7 +89,9 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
         results = json.loads((tmp_path / f"out/eval-{system}/results.json").read_text())
         assert set(results["languages"]) == {"es", "de"}
         assert f"| {system} |" in text
-    assert "stand-in for XLSR" in text and "iou_heatmap.png" in text
+    assert "Corpus: synthesized by lasp" in text and "pre-trained shared on this corpus for 3 steps" in text
+    assert "no seed-to-seed spread was measured" in text and "iou_heatmap.png" in text
+    assert (tmp_path / "out/finetune-lasp/final/es/config.json").is_file()
     assert "Every system was fine-tuned for the same 3 steps" in text
     assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
     summary = json.loads((tmp_path / "out/finetune-lasp/final/train_summary.json").read_text())

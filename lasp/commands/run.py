@@ -26,7 +26,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from lasp.report import write_report
+    from lasp.run_report import write_report
     from lasp.run import run_settings
 
     cfg = _load(args)
