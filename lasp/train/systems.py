@@ -36,6 +36,7 @@ class System:
         self.name = name
         self.model = model  # the Hugging Face model
         self.wrapper = wrapper  # MaskedModel / LanguageAdapters / None
+        self.replica: nn.Module | None = None  # the DistributedDataParallel module under torchrun
 
     # -- running
     def set_language(self, langs: str | Sequence[str] | None) -> None:
@@ -43,7 +44,19 @@ class System:
             self.wrapper.set_language(langs)
 
     def __call__(self, **inputs):
-        return (self.wrapper or self.model)(**inputs)
+        return (self.replica or self.wrapper or self.model)(**inputs)
+
+    def distribute(self, info) -> None:
+        """Run forward/backward through DistributedDataParallel when ``info`` has several ranks.
+
+        DDP wraps the outermost module (the HF model, or the wrapper that holds it together with the masks or
+        adapters), so it sees every trainable parameter, adapters included, and the wrapper's forward is unchanged.
+        """
+        from lasp.train.distributed import wrap_module
+
+        module = self.wrapper if self.wrapper is not None else self.model
+        wrapped = wrap_module(module, info)
+        self.replica = wrapped if wrapped is not module else None
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
