@@ -137,12 +137,24 @@ def coverage_section(results: dict[str, dict | None], manifests: dict[str, str],
                 unreadable.setdefault(lang, {}).setdefault(str(row.get("id")), row)
         lines.append(f"| {lang} | {listed.get(lang, '–')} | " + " | ".join(cells) + " |")
     lines.append("")
+    unaccounted = []  # listed but neither scored nor reported unreadable: the error rates leave them out silently
+    for s in systems:
+        for lang in languages:
+            m = results[s]["languages"].get(lang) or {}
+            if "utterances" in m and lang in listed:
+                gap = listed[lang] - m["utterances"] - len(m.get("unreadable") or [])
+                if gap:
+                    unaccounted.append(f"{s} {lang}: {gap}")
+    if unaccounted:
+        lines += ["Listed test utterances neither scored nor reported unreadable (missing from the error rates): "
+                  + ", ".join(unaccounted) + ".", ""]
     if unreadable:
         lines += ["Test utterances that could not be read (not scored):", ""]
         for lang in languages:
             for uid, row in unreadable.get(lang, {}).items():
                 lines.append(f"- {lang} `{uid}` ({row.get('audio', '?')}): {row.get('reason', 'no reason given')}")
-    elif all("unreadable" in (results[s]["languages"].get(l) or {}) for s in systems for l in languages):
+    elif not unaccounted and all("unreadable" in (results[s]["languages"].get(l) or {})
+                                 for s in systems for l in languages):
         lines.append("Every listed test utterance could be read.")
     else:
         lines.append("The evaluation did not report unreadable utterances.")
