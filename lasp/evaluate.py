@@ -130,8 +130,8 @@ def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, batch_size: 
 def evaluate(cfg) -> dict:
     """Evaluate the recipe's fine-tuned model on its test (or valid) split; returns the results dict."""
     from lasp.config import stage_run_dir
-    from lasp.system_layout import is_model_dir
     from lasp.data.text import Vocabulary
+    from lasp.system_layout import is_model_dir
     from lasp.train.data import make_dataset, read_split
     from lasp.train.distributed import pick_device
     from lasp.train.systems import load_system
