@@ -175,6 +175,10 @@ class RunConfig:
     parallel: int = 2
     # the report (markdown) and its figures
     report: str = "runs/demo/report.md"
+    # the corpus: "auto" synthesizes one only when run.corpus holds no manifests (manifests without synth.json
+    # are the user's and are only read); "always" requires lasp's synthetic corpus and refuses to write over
+    # manifests lasp did not make; "never" requires existing manifests
+    synthesize: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass

@@ -131,6 +131,7 @@ def evaluate(cfg) -> dict:
     """Evaluate the recipe's fine-tuned model on its test (or valid) split; returns the results dict."""
     from lasp.config import stage_run_dir
     from lasp.data.text import Vocabulary
+    from lasp.system_layout import is_model_dir
     from lasp.train.data import make_dataset, read_split
     from lasp.train.distributed import pick_device
     from lasp.train.systems import load_system
@@ -138,7 +139,7 @@ def evaluate(cfg) -> dict:
     ev = cfg.evaluate
     apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
     model_dir = Path(ev.model) if ev.model else stage_run_dir(cfg, "finetune") / "final"
-    if not (model_dir / "config.json").is_file():
+    if not is_model_dir(model_dir):
         raise ConfigError(f"no fine-tuned model at {model_dir} (set evaluate.model or run `lasp finetune` first)")
     if not (model_dir / "vocab.json").is_file():
         raise ConfigError(f"{model_dir} has no vocab.json; evaluate a directory written by `lasp finetune`")

@@ -14,6 +14,7 @@ import transformers
 from transformers import Wav2Vec2Config
 
 from lasp.errors import ConfigError
+from lasp.system_layout import model_dir
 
 HEADS = ("pretraining", "ctc", "base")
 
@@ -95,6 +96,8 @@ def load_model(name_or_path: str, head: str = "pretraining", **overrides: Any):
     freshly initialised, as in every wav2vec 2.0 fine-tuning recipe.
     """
     name_or_path = str(name_or_path)
+    if os.path.isdir(name_or_path):  # a trained system's final/ holds its shared model in a subfolder
+        name_or_path = str(model_dir(name_or_path))
     if is_preset(name_or_path):
         config = preset_config(name_or_path, **overrides)
         cls = _model_class("wav2vec2", head, f"preset {name_or_path!r}")

@@ -1,7 +1,12 @@
 """`lasp run RECIPE`: the paper's pipeline end to end, as independent stage processes.
 
-    corpus ─► base (shared pre-training: the stand-in for XLSR) ─► masks (score + prune per language)
+    corpus ─► base ─► masks (score + prune per language)
           ─► language-adaptive pre-training per system ─► CTC fine-tuning per system ─► evaluation ─► report
+
+The corpus is the user's when ``run.corpus`` already holds manifests that lasp did not synthesize (no
+``synth.json``): it is read, never written. Otherwise lasp synthesizes its offline demo corpus there. The base
+is ``model.name`` itself when that is a local checkpoint directory (e.g. XLSR-53); for a preset (random
+weights) a shared pre-training run on the corpus stands in for a pre-trained model.
 
 Every stage is an ordinary ``lasp`` command run in its own process with one
 thread (two one-thread processes get more done on a small CPU machine than one
@@ -66,7 +71,45 @@ def run_settings(cfg: RecipeConfig) -> RunConfig:
     return settings
 
 
+def base_is_checkpoint(cfg: RecipeConfig) -> bool:
+    """True when model.name is a local checkpoint: it is the base model and no base pre-training runs."""
+    from lasp.models import is_preset
+
+    return not is_preset(cfg.model.name)
+
+
+def corpus_kind(corpus: str | Path) -> str:
+    """``synthetic`` (lasp wrote it: synth.json), ``user`` (manifests lasp did not make) or ``empty``."""
+    from lasp.data.synth import SETTINGS_FILE
+
+    corpus = Path(corpus)
+    if (corpus / SETTINGS_FILE).is_file():
+        return "synthetic"
+    return "user" if any((corpus / f"{split}.jsonl").exists() for split in SPLITS) else "empty"
+
+
+SPLITS = ("train", "dev", "test")
+
+
 def make_corpus(cfg: RecipeConfig, settings: RunConfig) -> dict[str, str]:
+    """The corpus manifests (split -> path): the user's as they are, or lasp's synthetic corpus.
+
+    Never writes into a corpus lasp did not make: with ``run.synthesize: always`` such a corpus is an error.
+    """
+    corpus = Path(settings.corpus)
+    kind = corpus_kind(corpus)
+    if kind == "user":
+        if settings.synthesize == "always":
+            raise ConfigError(f"{corpus}: holds manifests lasp did not make (no synth.json); refusing to synthesize "
+                              "over them (use another run.corpus, or run.synthesize=auto to train on them)")
+        manifests = {s: str(corpus / f"{s}.jsonl") for s in SPLITS if (corpus / f"{s}.jsonl").is_file()}
+        missing = [s for s in ("train", "test") if s not in manifests]
+        if missing:
+            raise ConfigError(f"{corpus}: has no {missing[0]}.jsonl (a user corpus needs train and test manifests; "
+                              "lasp does not write into it)")
+        return manifests
+    if settings.synthesize == "never":
+        raise ConfigError(f"{corpus}: no train/dev/test.jsonl manifests and run.synthesize is 'never'")
     from lasp.data.synth import synthesize_corpus
 
     return synthesize_corpus(settings.languages, settings.corpus, utterances_per_lang=settings.train_utterances,
@@ -82,15 +125,18 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
     """
     out = Path(cfg.output_dir)
     lasp = [sys.executable, "-m", "lasp"]
-    base = out / "base"
     masks = Path(cfg.masks.dir) if cfg.masks.dir else out / "masks-lasp"
-    jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
-                         f"pretrain.run_dir={base}", f"pretrain.init={cfg.model.name}",
-                         f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
-                         f"pretrain.max_steps={settings.base_steps}",
-                         f"threads={settings.base_threads}", "data.mixed=false"],
-                [], base / "final", threads=settings.base_threads, run_dir=base, max_steps=settings.base_steps,
-                max_minutes=settings.base_minutes)]
+    if base_is_checkpoint(cfg):
+        base, base_job, jobs = Path(cfg.model.name), [], []  # the user's pre-trained model is the base
+    else:
+        base, base_job = out / "base" / "final", ["base"]
+        jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
+                             f"pretrain.run_dir={base.parent}", f"pretrain.init={cfg.model.name}",
+                             f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
+                             f"pretrain.max_steps={settings.base_steps}",
+                             f"threads={settings.base_threads}", "data.mixed=false"],
+                    [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
+                    max_minutes=settings.base_minutes)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
     if masked:
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
@@ -98,32 +144,32 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
         if m.method != "oneshot":
             raise ConfigError("lasp run searches masks one-shot (score → prune); set masks.method: oneshot, "
                               "or search with IMP beforehand and point masks.dir at the result")
-        jobs.append(Job("masks", [*lasp, "prune", "--model", str(base / "final"), "--data", cfg.data.train,
+        jobs.append(Job("masks", [*lasp, "prune", "--model", str(base), "--data", cfg.data.train,
                                   "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
                                   "--pattern", m.pattern, "--batches", str(m.max_batches),
                                   "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
                                   "--langs", ",".join(settings.languages), "--out", str(masks),
                                   *(["--targets", *m.targets] if m.targets else [])],
-                        ["base"], masks / "mask_config.json"))
+                        base_job, masks / "mask_config.json"))
     for system in settings.systems:
         pretrain_dir = out / f"pretrain-{system}"
         if system != "adapters":  # adapters are a fine-tuning method; they start from the shared model
             jobs.append(Job(f"pretrain-{system}",
                             [*lasp, "pretrain", str(stage_recipe), f"pretrain.system={system}",
-                             f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base / 'final'}",
+                             f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base}",
                              f"masks.dir={masks}", "threads=1", "data.mixed=false"],
-                            ["masks"] if system in masked else ["base"], pretrain_dir / "final",
+                            ["masks"] if system in masked else base_job, pretrain_dir / "final",
                             run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps,
                             max_minutes=cfg.pretrain.max_minutes))
         init = out / ("pretrain-shared" if system == "adapters" else f"pretrain-{system}") / "final"
         init_job = "pretrain-shared" if system == "adapters" else f"pretrain-{system}"
         if system == "adapters" and "shared" not in settings.systems:
-            init, init_job = base / "final", "base"
+            init, init_job = base, (base_job[0] if base_job else None)
         ft_dir = out / f"finetune-{system}"
         jobs.append(Job(f"finetune-{system}",
                         [*lasp, "finetune", str(stage_recipe), f"finetune.system={system}",
                          f"finetune.run_dir={ft_dir}", f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
-                        [init_job], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
+                        [init_job] if init_job else [], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
                         max_minutes=cfg.finetune.max_minutes))
         eval_dir = out / f"eval-{system}"
         jobs.append(Job(f"evaluate-{system}",
@@ -224,15 +270,21 @@ def run_jobs(jobs: list[Job], parallel: int, log_dir: Path, progress: bool = Tru
 
 def run(cfg: RecipeConfig, progress: bool = True) -> Path:
     """Run the whole comparison described by ``cfg`` and return the report's path."""
-    from lasp.report import write_report
+    from lasp.run_report import write_report
 
     settings = run_settings(cfg)
+    if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
+        raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
     t0 = time.monotonic()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}, "
           f"output {out}", flush=True)
-    manifests = make_corpus(cfg, settings)
+    manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    kind = corpus_kind(settings.corpus)
+    print(f"corpus: {settings.corpus} ({'lasp synthetic corpus' if kind == 'synthetic' else 'your manifests, read only'})"
+          f"; base model: {cfg.model.name if base_is_checkpoint(cfg) else 'pre-trained here from the ' + cfg.model.name + ' preset'}",
+          flush=True)
     stage_cfg = replace(cfg, extra={})
     stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
                              valid=manifests.get("dev"), languages=list(settings.languages))
@@ -253,5 +305,15 @@ def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
 
 
 def clean(cfg: RecipeConfig) -> None:
-    """Remove everything a previous `lasp run` wrote under output_dir (the corpus too if it lives there)."""
+    """Remove everything a previous `lasp run` wrote under output_dir (its synthetic corpus too if it lives there).
+
+    A user's corpus inside output_dir is not lasp's to delete: that is an error, and nothing is removed.
+    """
+    out = Path(cfg.output_dir).resolve()
+    settings = cfg.extra.get("run")
+    if settings is not None:
+        corpus = Path(settings.corpus).resolve()
+        if corpus.is_relative_to(out) and corpus_kind(corpus) == "user":
+            raise ConfigError(f"--fresh would delete {settings.corpus}, a corpus lasp did not make, inside "
+                              f"output_dir {cfg.output_dir}; move it out or delete the run by hand")
     shutil.rmtree(cfg.output_dir, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""Two CPU ranks (gloo) train different languages: confinement holds across ranks and the ranks stay identical."""
+"""Two CPU ranks (gloo) under DistributedDataParallel train different languages: confinement holds across ranks,
+the ranks stay identical, per-language adapters unused by a rank still sync, and the gradient equals the
+one-process gradient of both ranks' batches."""
 from __future__ import annotations
 
 import os
@@ -16,68 +18,105 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, system_name: str = "lasp") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from safetensors.torch import save_file
+    from torch.nn.parallel import DistributedDataParallel
 
-    from conftest import make_ctc_batch
-    from lasp.config import load_recipe
-    from lasp.models import load_model
-    from lasp.pruning import make_language_masks
     from lasp.train import distributed as D
-    from lasp.train.loop import Batch, train_loop
-    from lasp.train.systems import build_system
+    from lasp.train.loop import train_loop
 
     info = D.init_distributed("cpu")
-    torch.manual_seed(0)  # identical initial weights on every rank
-    model = load_model("tiny", head="ctc", vocab_size=12, hidden_size=32, intermediate_size=64,
-                       num_attention_heads=2, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
-                       num_conv_pos_embedding_groups=4)
-    masks = make_language_masks(model, {l: None for l in LANGS}, scorer="random", sparsity=0.6, progress=False)
-    system = build_system("lasp", model, LANGS, masks=masks)
-    before = {n: p.detach().clone() for n, p in system.wrapper.targets.items()}
-    mine = LANGS[rank]  # rank 0 trains es, rank 1 trains de; ru is never trained
-
-    class Stream:
-        def next(self, step):
-            b = make_ctc_batch(12, batch_size=2, samples=4000, seed=100 * rank + step)
-            return Batch(b, [mine, mine])
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
-    def loss_fn(sys, batch, step):
-        return sys(**batch.inputs).loss, 1.0, {}
-
-    cfg = load_recipe(None, ["finetune.optim.lr=1e-2", "finetune.optim.weight_decay=0.1", "finetune.max_steps=4",
-                             "finetune.ckpt_every=4", "finetune.optim.schedule=constant"])
-    train_loop(system=system, stream=Stream(), loss_fn=loss_fn, stage=cfg.finetune,
-               run_dir=os.path.join(out_dir, "run"), info=info, progress=False)
-    after = {n: p.detach().clone() for n, p in system.wrapper.targets.items()}
-    union = system.wrapper.union_mask(["es", "de"])
-    save_file({**{f"after.{n}": t for n, t in after.items()}, **{f"before.{n}": t for n, t in before.items()},
-               **{f"union.{n}": m.to(torch.uint8) for n, m in union.items()},
-               **{f"deonly.{n}": (masks["de"][n] & ~masks["es"][n]).to(torch.uint8) for n in union},
-               **{f"full.{n}": p.detach().clone() for n, p in model.named_parameters()}},
-              os.path.join(out_dir, f"rank{rank}.safetensors"))
+    system, masks = _system(system_name)
+    before = _trained_tensors(system)
+    run = train_loop(system=system, stream=_Stream([rank]), loss_fn=_loss, stage=_stage(), info=info,
+                     run_dir=os.path.join(out_dir, "run"), progress=False)
+    assert isinstance(system.replica, DistributedDataParallel) and run.skipped_nonfinite == 0
+    out = {**{f"after.{n}": t for n, t in _trained_tensors(system).items()},
+           **{f"before.{n}": t for n, t in before.items()},
+           **{f"full.{n}": p.detach().clone() for n, p in system.model.named_parameters()}}
+    if masks is not None:
+        union = system.wrapper.union_mask(["es", "de"])
+        out.update({f"union.{n}": m.to(torch.uint8) for n, m in union.items()})
+        out.update({f"deonly.{n}": (masks["de"][n] & ~masks["es"][n]).to(torch.uint8) for n in union})
+    save_file(out, os.path.join(out_dir, f"rank{rank}.safetensors"))
     D.shutdown(info)
 
 
-def test_two_ranks_different_languages(tmp_path):
+def _system(name: str):
+    from lasp.models import load_model
+    from lasp.pruning import make_language_masks
+    from lasp.train.systems import build_system
+
+    torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    model = load_model("tiny", head="ctc", vocab_size=12, hidden_size=32, intermediate_size=64,
+                       num_attention_heads=2, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                       num_conv_pos_embedding_groups=4, ctc_loss_reduction="mean",
+                       mask_time_prob=0.0)  # no random SpecAugment: the one-process comparison is exact
+    masks = None
+    if name == "lasp":
+        masks = make_language_masks(model, {l: None for l in LANGS}, scorer="random", sparsity=0.6, progress=False)
+    return build_system(name, model, LANGS, masks=masks, adapter_dim=4), masks
+
+
+def _trained_tensors(system) -> dict:
+    if system.name == "lasp":
+        return {n: p.detach().clone() for n, p in system.wrapper.targets.items()}
+    if system.name == "adapters":
+        return {n: p.detach().clone() for n, p in system.wrapper.adapters.named_parameters()}
+    return {n: p.detach().clone() for n, p in system.model.named_parameters()}
+
+
+class _Stream:
+    """Rank r trains LANGS[r] (es on rank 0, de on rank 1; ru never); ``ranks`` > 1 concatenates their batches."""
+
+    def __init__(self, ranks):
+        self.ranks = ranks
+
+    def next(self, step):
+        from conftest import make_ctc_batch
+        from lasp.train.loop import Batch
+
+        parts = [make_ctc_batch(12, batch_size=2, samples=4000, seed=100 * r + step) for r in self.ranks]
+        inputs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return Batch(inputs, [LANGS[r] for r in self.ranks for _ in range(2)])
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _loss(sys, batch, step):
+    return sys(**batch.inputs).loss, 1.0, {}
+
+
+def _stage():
+    from lasp.config import load_recipe
+
+    return load_recipe(None, ["finetune.optim.lr=1e-2", "finetune.optim.weight_decay=0.1", "finetune.max_steps=4",
+                              "finetune.ckpt_every=4", "finetune.optim.schedule=constant", "finetune.log_every=1",
+                              "finetune.optim.max_grad_norm=0"]).finetune
+
+
+def _spawn(tmp_path, system_name):
     from safetensors.torch import load_file
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), system_name), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
-    # ranks identical afterwards (every parameter, bit for bit)
+    # ranks identical afterwards (every trained tensor, bit for bit)
     for k in r0:
-        if k.startswith("full."):
+        if k.startswith(("full.", "after.")):
             assert torch.equal(r0[k], r1[k]), k
+    return r0
+
+
+def test_two_ranks_different_languages(tmp_path):
+    r0 = _spawn(tmp_path, "lasp")
     changed_inside = changed_de_only = 0
     for k in r0:
         if not k.startswith("after."):
@@ -96,3 +135,33 @@ def test_two_ranks_different_languages(tmp_path):
 
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert len(state["ranks"]) == 2 and state["step"] == 4
+
+
+def test_adapters_unused_on_a_rank_still_sync(tmp_path):
+    """Each rank uses one language's adapters (find_unused_parameters): de's adapters move on rank 0 as well,
+    ru's (no rank) stay untouched, and the ranks end identical."""
+    r0 = _spawn(tmp_path, "adapters")
+    moved = {lang: any(not torch.equal(r0[k], r0["before." + k[len("after."):]]) for k in r0
+                       if k.startswith(f"after.{lang}.")) for lang in LANGS}
+    assert moved == {"es": True, "de": True, "ru": False}
+
+
+def test_ddp_gradient_equals_one_process_on_both_batches(tmp_path):
+    """The logged gradient norm of step 1 under DDP equals one process's on the concatenation of both ranks'
+    batches: gradients are summed over ranks and divided by the global normaliser, not averaged twice."""
+    from lasp.train.logging import read_metrics
+    from lasp.train.loop import train_loop
+
+    _spawn(tmp_path / "ddp", "shared")
+    system, _ = _system("shared")
+    torch.set_num_threads(1)
+    stage = _stage()
+    stage.max_steps = 1
+    # one process: per-utterance mean CTC over 4 utterances = the mean of the ranks' 2-utterance means
+    train_loop(system=system, stream=_Stream([0, 1]), loss_fn=_loss, stage=stage, run_dir=tmp_path / "one",
+               progress=False)
+    ddp = [r for r in read_metrics(tmp_path / "ddp" / "run") if r.get("kind") == "train"][0]
+    one = [r for r in read_metrics(tmp_path / "one") if r.get("kind") == "train"][0]
+    assert ddp["step"] == one["step"] == 1
+    assert abs(ddp["grad_norm"] - one["grad_norm"]) <= 1e-4 * one["grad_norm"]
+    assert abs(ddp["loss"] - one["loss"]) <= 1e-5 * one["loss"]

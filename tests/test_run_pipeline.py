@@ -89,7 +89,9 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
         results = json.loads((tmp_path / f"out/eval-{system}/results.json").read_text())
         assert set(results["languages"]) == {"es", "de"}
         assert f"| {system} |" in text
-    assert "stand-in for XLSR" in text and "iou_heatmap.png" in text
+    assert "Corpus: synthesized by lasp" in text and "pre-trained shared on this corpus for 3 steps" in text
+    assert "no seed-to-seed spread was measured" in text and "iou_heatmap.png" in text
+    assert (tmp_path / "out/finetune-lasp/final/es/config.json").is_file()
     assert "Every system was fine-tuned for the same 3 steps" in text
     assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
     summary = json.loads((tmp_path / "out/finetune-lasp/final/train_summary.json").read_text())
@@ -98,3 +100,59 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
     mtime = (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime
     run(cfg, progress=False)
     assert (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime == mtime
+
+
+def test_a_local_checkpoint_is_the_base(tmp_path):
+    ckpt = tmp_path / "xlsr"
+    ckpt.mkdir()
+    cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}/out", f"masks.dir={tmp_path}/m",
+                                           f"model.name={ckpt}"])
+    jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
+    assert "base" not in jobs
+    assert jobs["masks"].deps == [] and jobs["pretrain-shared"].deps == []
+    assert jobs["masks"].argv[jobs["masks"].argv.index("--model") + 1] == str(ckpt)
+    assert f"pretrain.init={ckpt}" in jobs["pretrain-lasp"].argv
+
+
+def test_corpus_rules(tmp_path):
+    from lasp.run import corpus_kind, make_corpus
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    assert corpus_kind(corpus) == "empty"
+    (corpus / "train.jsonl").write_text("")
+    assert corpus_kind(corpus) == "user"
+    # a user corpus without a test manifest: lasp does not complete it by synthesizing into it
+    cfg = load_recipe(demo_recipe_path(), [f"run.corpus={corpus}"])
+    with pytest.raises(ConfigError, match=f"{corpus}: has no test.jsonl"):
+        make_corpus(cfg, run_settings(cfg))
+    cfg = load_recipe(demo_recipe_path(), [f"run.corpus={tmp_path / 'none'}", "run.synthesize=never"])
+    with pytest.raises(ConfigError, match="run.synthesize is 'never'"):
+        make_corpus(cfg, run_settings(cfg))
+    assert not (tmp_path / "none").exists()
+
+
+def test_report_states_scored_and_unreadable_per_language(tmp_path):
+    """The report reads results.json as evaluate writes it: per language, utterances scored and unreadable ones."""
+    from lasp.run_report import coverage_section
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"audio": f"{l}{i}.mp3", "text": "a", "lang": l}) + "\n"
+                            for l in ("es", "de") for i in range(3)))
+    lang = {"cer": 0.5, "wer": 1.0}
+    results = {"lasp": {"languages": {
+        "es": {**lang, "utterances": 2, "unreadable": [{"id": "es1", "audio": "/cv/es1.mp3",
+                                                        "reason": "audio file not found"}]},
+        "de": {**lang, "utterances": 3, "unreadable": []}}}}
+    text = "\n".join(coverage_section(results, {"test": str(test)}, ["es", "de"]))
+    assert "| es | 3 | 2 |" in text and "| de | 3 | 3 |" in text
+    assert "- es `es1` (/cv/es1.mp3): audio file not found" in text
+    results["lasp"]["languages"]["es"]["unreadable"] = []
+    results["lasp"]["languages"]["es"]["utterances"] = 3
+    assert "Every listed test utterance could be read." in "\n".join(
+        coverage_section(results, {"test": str(test)}, ["es", "de"]))
+    # an evaluation that drops utterances without reporting them is called out
+    results["lasp"]["languages"]["de"]["utterances"] = 1
+    text = "\n".join(coverage_section(results, {"test": str(test)}, ["es", "de"]))
+    assert "neither scored nor reported unreadable (missing from the error rates): lasp de: 2." in text
+    assert "Every listed" not in text

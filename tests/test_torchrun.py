@@ -41,5 +41,6 @@ def test_torchrun_two_ranks_finetune_lasp(tmp_path):
 
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "runs" / "finetune-lasp"))
     assert len(state["ranks"]) == 2 and state["step"] == 3
-    weights = load_file(str(final / "model.safetensors"))
+    assert (final / "es" / "config.json").is_file() and (final / "de" / "config.json").is_file()
+    weights = load_file(str(final / "shared" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())

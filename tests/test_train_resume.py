@@ -99,8 +99,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, system):
     # resumed in this process
     cfg_b = fast_recipe(tmp_path / "b", manifests, *common)
     final_b = finetune(cfg_b, progress=False)
-    a = load_file(str(ref_final / "model.safetensors"))
-    b = load_file(str(final_b / "model.safetensors"))
+    a = load_file(str(ref_final / "shared" / "model.safetensors"))
+    b = load_file(str(final_b / "shared" / "model.safetensors"))
     assert a.keys() == b.keys()
     # CPU, one thread, same seed: the resumed run is bit-identical (tolerance 0)
     for k in a:

@@ -36,7 +36,7 @@ def test_language_adaptive_pretraining(tmp_path, corpus):
     assert masks.languages == ["de", "es"]
     assert masks.sparsity("es") == pytest.approx(0.5, abs=0.01)
     union = masks.union(["de", "es"])
-    weights = load_file(str(final / "model.safetensors"))
+    weights = load_file(str(final / "shared" / "model.safetensors"))
     moved = 0
     for name, keep in union.items():
         w = weights["wav2vec2." + name]
@@ -57,7 +57,7 @@ def test_adapters_train_only_adapters_and_head(tmp_path, corpus):
     cfg = fast_recipe(tmp_path, corpus, "finetune.system=adapters", "finetune.max_steps=4", "adapters.dim=4")
     init = {n: p.detach().clone() for n, p in _init_model(cfg, "ctc").named_parameters()}
     final = finetune(cfg, progress=False)
-    weights = load_file(str(final / "model.safetensors"))
+    weights = load_file(str(final / "shared" / "model.safetensors"))
     for name, w in weights.items():
         if name.startswith("lm_head."):
             continue  # the shared CTC head trains (and is freshly initialised)

@@ -44,7 +44,7 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.report import write_report
+    from lasp.run_report import write_report
     from lasp.run import run_settings
 
     cfg = _load(args)

@@ -2,21 +2,25 @@
 
 ``torchrun --nproc_per_node N -m lasp <stage> RECIPE`` starts N ranks; each
 draws its own batches (the sampler is sharded by rank) and may train a
-different language. Gradients are summed across ranks with one all-reduce per
-step (DDP's semantics) and then divided by the global normaliser (number of
-masked frames for pre-training, utterances for CTC), so every rank applies the
-identical update and the ranks' weights stay identical.
+different language. The system's module runs inside torch's
+``DistributedDataParallel`` (gloo on CPU, nccl on GPU), which all-reduces
+gradients bucket by bucket while backward is still running. Masked Linears
+always produce a (zero outside the mask) gradient, so the ranks' gradients
+line up whatever language each trains; the confined optimizer then restores
+every weight outside the union of *all* ranks' languages of the step (see
+:func:`step_languages`).
 
-Why not ``torch.nn.parallel.DistributedDataParallel`` itself: its reducer
-expects every rank to produce gradients for the same parameters, but here a
-rank's step touches only its language's sub-network or adapter, so ranks
-differ in which parameters receive gradients. The explicit all-reduce treats a
-missing gradient as zeros, which is exactly right for confined updates.
-The confined optimizer then restores every weight outside the union of *all*
-ranks' languages of the step (see :func:`step_languages`).
+``find_unused_parameters=True`` for every system: the adapters system leaves
+the other languages' adapters out of a rank's step, XLSR recipes use layerdrop
+(ranks skip different layers), and with ``mask_time_prob: 0`` fine-tuning never
+touches ``masked_spec_embed``. DDP then marks those parameters ready itself; a
+parameter no rank used keeps ``grad=None`` and the optimizer skips it, exactly
+as in a one-process run. When any rank's loss is non-finite every rank skips
+backward for that step, which DDP allows under ``find_unused_parameters``.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -65,24 +69,31 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
-def all_reduce_grads(params: Iterable[torch.nn.Parameter], divisor: float, info: DistInfo) -> None:
-    """Sum gradients over ranks (missing ones count as zeros) and divide by ``divisor``."""
-    params = [p for p in params if p.requires_grad]
-    if info.enabled:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p))
-            offset += n
-    if divisor != 1.0:
+def wrap_module(module: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``module`` inside DistributedDataParallel when there are several ranks, else ``module`` itself."""
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    # no buffer broadcast before every forward: every rank holds the same buffers (mask bits among them, if a
+    # masked module keeps its bits as buffers), synced once when DDP starts
+    no_resync = ({"forward_sync_buffers": False}
+                 if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                 else {"broadcast_buffers": False})
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True, **no_resync)
+
+
+def normalize_grads(params: Iterable[torch.nn.Parameter], total_weight: float, info: DistInfo) -> None:
+    """Turn the gradients into (sum over ranks) / ``total_weight``, the global normaliser of the step.
+
+    DDP leaves the *mean* over ranks in ``.grad`` (sum / world_size), so the factor is world_size / total_weight.
+    """
+    factor = info.world_size / max(float(total_weight), 1e-12)
+    if factor != 1.0:
         for p in params:
             if p.grad is not None:
-                p.grad.div_(divisor)
+                p.grad.mul_(factor)
 
 
 def all_sum(value: float, info: DistInfo) -> float:

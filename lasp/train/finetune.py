@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lasp.config import RecipeConfig, stage_run_dir
 from lasp.models import load_model
+from lasp.system_layout import is_model_dir
 from lasp.train import distributed as D
 from lasp.train.data import (SamplerStream, ctc_inputs, language_batches, load_vocab, make_dataset, make_sampler,
                              read_split)
@@ -27,7 +28,7 @@ def finetune_init(cfg: RecipeConfig) -> str:
     if cfg.finetune.init:
         return cfg.finetune.init
     pre = stage_run_dir(cfg, "pretrain") / "final"
-    return str(pre) if (pre / "config.json").is_file() else cfg.model.name
+    return str(pre) if is_model_dir(pre) else cfg.model.name
 
 
 def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:

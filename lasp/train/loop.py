@@ -1,8 +1,8 @@
 """The training loop both stages share.
 
 One step: take the next batch of the stream (its languages select the
-sub-network / adapter), compute the stage's loss, back-propagate, sum the
-gradients over ranks and divide by the global normaliser (masked frames for
+sub-network / adapter), compute the stage's loss, back-propagate (DDP sums the
+gradients over ranks during backward), divide by the global normaliser (masked frames for
 pre-training, one per rank for CTC's per-utterance mean), clip, take a
 (confined) optimizer step and advance the LR schedule. A non-finite loss or
 gradient skips the update on every rank and is counted (``skipped_nonfinite``);
@@ -133,6 +133,7 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     stopped_by = "max_steps"
     last_saved = step if ckpt is not None else -1
     budget = stage.max_minutes * 60.0 if stage.max_minutes is not None else math.inf
+    system.distribute(info)  # DDP over the ranks (a no-op in one process)
     system.train(True)
     try:
         while step < stage.max_steps:
@@ -152,7 +153,7 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
             total_weight = D.all_sum(weight, info)
             grad_norm = float("nan")
             if not bad:
-                D.all_reduce_grads(params, max(total_weight, 1e-12), info)
+                D.normalize_grads(params, total_weight, info)  # DDP already summed them during backward
                 if use_scaler:
                     scaler.unscale_(inner)
                 clip = stage.optim.max_grad_norm if stage.optim.max_grad_norm > 0 else math.inf

@@ -85,17 +85,53 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
 
 def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict,
                  extra: Callable[[Path], None] | None = None) -> Path:
-    """Write ``<run_dir>/final`` atomically (temporary directory, then rename)."""
+    """Write ``<run_dir>/final`` atomically (temporary directory, then rename).
+
+    Layout: :mod:`lasp.system_layout`. The shared model gets the feature-extractor config training used (so the
+    next stage and exports normalize audio the same way); a fine-tuned system (``extra`` wrote vocab.json) also
+    gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.export`).
+    """
+    from lasp.export import training_normalization, write_feature_extractor
+    from lasp.system_layout import SHARED_SUBDIR
+
     final = run_dir / "final"
     tmp = run_dir / f".tmp-final-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     system.save(tmp)
+    normalize = training_normalization(summary.get("init"))
+    write_feature_extractor(tmp / SHARED_SUBDIR, system.model.config, normalize)
     if extra is not None:
         extra(tmp)
+    if (tmp / "vocab.json").is_file():
+        _export_languages(system, tmp, summary.get("languages") or [], normalize)
     save_recipe(cfg, tmp / "recipe.yaml")
     (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     return final
+
+
+def _export_languages(system: System, directory: Path, languages: Sequence[str], normalize: bool) -> None:
+    from lasp.data.text import Vocabulary
+    from lasp.errors import ConfigError
+    from lasp.export import export_language
+
+    languages = system.wrapper.languages if system.wrapper is not None else list(languages)
+    taken = {p.name for p in directory.iterdir()}
+    clash = [l for l in languages if l in taken]
+    if clash:
+        raise ConfigError(f"language code {clash[0]!r} collides with {directory.name}/{clash[0]} of the system layout")
+    vocab = Vocabulary.load(directory)
+    was_training = system.model.training
+    system.train(False)
+    try:
+        for lang in languages:
+            export_language(system, vocab, lang, directory / lang, do_normalize=normalize)
+    except ConfigError as err:  # adapters on a post-norm encoder: the system itself is still saved and usable
+        print(f"{directory.parent.name}/final: per-language exports skipped ({err})")
+        for lang in languages:
+            shutil.rmtree(directory / lang, ignore_errors=True)
+    finally:
+        system.train(was_training)

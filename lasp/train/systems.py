@@ -7,8 +7,8 @@
 
 A System exposes ``set_language(langs)``, ``forward``, the parameters to
 optimise, a wrapped optimizer (confined for masked systems), the tensors a
-checkpoint holds, and ``save(dir)`` for the final model. ``load_system(dir)``
-reads any of them back.
+checkpoint holds, and ``save(dir)`` for the final model (layout: :mod:`lasp.system_layout`).
+``load_system(dir)`` reads any of them back.
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ import torch.nn as nn
 from lasp.baselines.adapters import ADAPTERS_CONFIG, LanguageAdapters
 from lasp.confine import ConfinedOptimizer
 from lasp.errors import ConfigError
+from lasp.masked import MASKS_SUBDIR as WRAPPER_MASKS_SUBDIR
 from lasp.masked import WRAPPER_CONFIG, MaskedModel
 from lasp.masks import LanguageMasks
 from lasp.scoring import language_seed
+from lasp.system_layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE, read_marker
 
-SYSTEM_FILE = "lasp_system.json"
 
 
 class System:
@@ -35,6 +36,7 @@ class System:
         self.name = name
         self.model = model  # the Hugging Face model
         self.wrapper = wrapper  # MaskedModel / LanguageAdapters / None
+        self.replica: nn.Module | None = None  # the DistributedDataParallel module under torchrun
 
     # -- running
     def set_language(self, langs: str | Sequence[str] | None) -> None:
@@ -42,7 +44,19 @@ class System:
             self.wrapper.set_language(langs)
 
     def __call__(self, **inputs):
-        return (self.wrapper or self.model)(**inputs)
+        return (self.replica or self.wrapper or self.model)(**inputs)
+
+    def distribute(self, info) -> None:
+        """Run forward/backward through DistributedDataParallel when ``info`` has several ranks.
+
+        DDP wraps the outermost module (the HF model, or the wrapper that holds it together with the masks or
+        adapters), so it sees every trainable parameter, adapters included, and the wrapper's forward is unchanged.
+        """
+        from lasp.train.distributed import wrap_module
+
+        module = self.wrapper if self.wrapper is not None else self.model
+        wrapped = wrap_module(module, info)
+        self.replica = wrapped if wrapped is not module else None
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -79,15 +93,24 @@ class System:
 
     # -- export
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write the system in the layout of :mod:`lasp.system_layout` (never a loadable top-level checkpoint)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        shared = directory / SHARED_SUBDIR
+        marker = {"system": self.name, "layout": LAYOUT_VERSION, "model": SHARED_SUBDIR}
         if isinstance(self.wrapper, MaskedModel):
-            self.wrapper.save_pretrained(directory)
+            # MaskedModel knows how to write its unmasked shared weights as a plain HF checkpoint; the mask set
+            # it writes beside them moves up to final/masks, where the next stage looks for it
+            self.wrapper.save_pretrained(shared)
+            os.replace(shared / WRAPPER_MASKS_SUBDIR, directory / MASKS_SUBDIR)
+            marker.update(masks=MASKS_SUBDIR, targets=list(self.wrapper.targets),
+                          mode=getattr(self.wrapper, "mode", "auto"), languages=self.wrapper.languages)
         else:
-            self.model.save_pretrained(directory)
+            self.model.save_pretrained(shared)
             if isinstance(self.wrapper, LanguageAdapters):
                 self.wrapper.save(directory)
-        (directory / SYSTEM_FILE).write_text(json.dumps({"system": self.name}) + "\n")
+                marker.update(adapters=ADAPTERS_CONFIG, languages=self.wrapper.languages)
+        (directory / SYSTEM_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         return directory
 
     def summary(self) -> str:
@@ -134,15 +157,32 @@ def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks
 
 
 def load_system(directory: str | os.PathLike, head: str = "ctc", device: torch.device | str = "cpu") -> System:
-    """Read back what ``System.save`` wrote (or any plain HF checkpoint directory, as a shared system)."""
+    """Read back what ``System.save`` wrote (or a plain HF checkpoint directory, as a shared system)."""
     from lasp.models import load_model
 
     directory = Path(directory)
+    marker = read_marker(directory)
+    if marker is None or int(marker.get("layout", 1)) < LAYOUT_VERSION:
+        return _load_legacy(directory, head, device, marker)
+    name = marker["system"]
+    model = load_model(str(directory / marker.get("model", SHARED_SUBDIR)), head=head).to(device)
+    if marker.get("masks"):
+        masks = LanguageMasks.load(directory / marker["masks"], marker.get("languages"))
+        targets = [f"^{n.replace('.', '[.]')}$" for n in marker["targets"]] if marker.get("targets") else None
+        mm = MaskedModel(model, masks, target_modules=targets, mode=marker.get("mode", "auto"))
+        return System(name, mm.model, mm)
+    if marker.get("adapters"):
+        return System(name, model, LanguageAdapters.load(model, directory))
+    return System(name, model)
+
+
+def _load_legacy(directory: Path, head: str, device, marker: dict | None) -> System:
+    """Directories written before the ``shared/`` layout: the HF checkpoint at the top level."""
+    from lasp.models import load_model
+
     if not (directory / "config.json").is_file():
-        raise ConfigError(f"{directory}: not a model directory (no config.json)")
-    name = "shared"
-    if (directory / SYSTEM_FILE).is_file():
-        name = json.loads((directory / SYSTEM_FILE).read_text())["system"]
+        raise ConfigError(f"{directory}: not a trained system or model directory (no {SYSTEM_FILE}, no config.json)")
+    name = marker["system"] if marker else "shared"
     if (directory / WRAPPER_CONFIG).is_file():
         mm = MaskedModel.from_pretrained(directory, head=head)
         mm.model.to(device)
