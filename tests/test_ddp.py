@@ -149,7 +149,7 @@ def test_adapters_unused_on_a_rank_still_sync(tmp_path):
 def test_ddp_gradient_equals_one_process_on_both_batches(tmp_path):
     """The logged gradient norm of step 1 under DDP equals one process's on the concatenation of both ranks'
     batches: gradients are summed over ranks and divided by the global normaliser, not averaged twice."""
-    from lasp.train.logging import read_metrics
+    from lasp.train.metrics_log import read_metrics
     from lasp.train.loop import train_loop
 
     _spawn(tmp_path / "ddp", "shared")
