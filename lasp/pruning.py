@@ -123,16 +123,19 @@ def make_language_masks(
     """
     dense = {}
     per_lang = {}
+    skipped = {}
     languages = list(batches_by_lang)
     for lang in tqdm(languages, desc="languages", disable=not progress):
         s = sparsity.get(lang) if isinstance(sparsity, Mapping) else sparsity
+        stats: dict = {}
         scores = score_language(model, batches_by_lang[lang], scorer=scorer, targets=targets,
-                                max_batches=max_batches, seed=seed, lang=lang, progress=progress)
+                                max_batches=max_batches, seed=seed, lang=lang, progress=progress, stats=stats)
+        skipped[lang] = stats.get("skipped_nonfinite", 0)
         dense[lang] = prune(scores, s, scope=scope, pattern=pattern)
         per_lang[lang] = s
         del scores
     return LanguageMasks.from_dense(
         dense, base_model=base_model, scorer=scorer, data=data, sparsity=per_lang,
         extra={"scope": scope, "pattern": pattern, "batches_per_language": max_batches, "seed": seed,
-               "targets": list(targets) if targets else "default"},
+               "targets": list(targets) if targets else "default", "skipped_nonfinite": skipped},
     )

@@ -97,6 +97,17 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from lasp.data.throughput import measure
+
+    workers = [int(w) for w in _langs(args.workers)]
+    print(f"{args.manifest}: decode + collate ({args.batches} batches of {args.batch_size}, model {args.model})")
+    for result in measure(args.manifest, workers=workers, batches=args.batches, batch_size=args.batch_size,
+                          model=args.model, max_seconds=args.max_seconds, seed=args.seed):
+        print("  " + result.line())
+    return 0
+
+
 def register(sub) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     p = sub.add_parser("data", help="import corpora, synthesize the demo corpus, inspect manifests")
@@ -162,3 +173,13 @@ def register(sub) -> None:
     q.add_argument("--decode", action="store_true", help="decode every file (finds NaN, silent, corrupt audio)")
     q.add_argument("--show", type=int, default=10, help="bad rows to list")
     q.set_defaults(handler=cmd_info)
+
+    q = dsub.add_parser("bench", help="decode + collate throughput (seconds of audio per second) per worker count")
+    q.add_argument("manifest")
+    q.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    q.add_argument("--batches", type=int, default=40, help="batches per worker count (the first is not timed)")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--model", default="tiny", help="preset or checkpoint directory (feature encoder, normalization)")
+    q.add_argument("--max-seconds", type=float, default=30.0)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(handler=cmd_bench)

@@ -44,11 +44,10 @@ def _finetune(args) -> int:
 def _evaluate(args) -> int:
     from lasp.evaluate import evaluate
 
+    from lasp.evaluate import summary_lines
+
     results = evaluate(load_recipe(args.recipe, args.overrides))
-    for lang, r in results["languages"].items():
-        print(f"{lang}\tCER {100 * r['cer']:.2f}\tWER {100 * r['wer']:.2f}\t({r['utterances']} utterances)")
-    m = results["macro"]
-    print(f"macro\tCER {100 * m['cer']:.2f}\tWER {100 * m['wer']:.2f}")
+    print("\n".join(summary_lines(results, results["out_dir"])))
     return 0
 
 

@@ -7,8 +7,8 @@
 
 A System exposes ``set_language(langs)``, ``forward``, the parameters to
 optimise, a wrapped optimizer (confined for masked systems), the tensors a
-checkpoint holds, and ``save(dir)`` for the final model. ``load_system(dir)``
-reads any of them back.
+checkpoint holds, and ``save(dir)`` for the final model. ``lasp.trained.load_trained(dir)``
+reads any of them back for inference.
 """
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from lasp.baselines.adapters import ADAPTERS_CONFIG, LanguageAdapters
+from lasp.baselines.adapters import LanguageAdapters
 from lasp.confine import ConfinedOptimizer
 from lasp.errors import ConfigError
-from lasp.masked import WRAPPER_CONFIG, MaskedModel
+from lasp.masked import MaskedModel
 from lasp.masks import LanguageMasks
-from lasp.scoring import language_seed
 
-SYSTEM_FILE = "lasp_system.json"
+from lasp.trained import SYSTEM_FILE  # noqa: E402  (the file load_trained reads)
 
 
 class System:
@@ -100,23 +99,6 @@ class System:
         return line
 
 
-def random_masks_like(masks: LanguageMasks, seed: int) -> LanguageMasks:
-    """Random masks keeping, per language and tensor, exactly as many weights as ``masks`` does."""
-    dense = {}
-    for lang in masks.languages:
-        gen = torch.Generator().manual_seed(language_seed(seed, lang))
-        dense[lang] = {}
-        for name, m in masks[lang].items():
-            keep = int(m.sum())
-            order = torch.randperm(m.numel(), generator=gen)
-            flat = torch.zeros(m.numel(), dtype=torch.bool)
-            flat[order[:keep]] = True
-            dense[lang][name] = flat.view(m.shape)
-    return LanguageMasks.from_dense(dense, base_model=masks.metadata.get("base_model"), scorer="random",
-                                    data=None, sparsity={l: masks.sparsity(l) for l in masks.languages},
-                                    extra={"matched_to": "per-tensor density of a lasp mask set", "seed": seed})
-
-
 def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks: LanguageMasks | None = None,
                  adapter_dim: int = 16, freeze_base: bool = True) -> System:
     if name == "shared":
@@ -131,23 +113,3 @@ def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks
     if name == "adapters":
         return System(name, model, LanguageAdapters(model, list(languages), dim=adapter_dim, freeze_base=freeze_base))
     raise ConfigError(f"unknown system {name!r}")
-
-
-def load_system(directory: str | os.PathLike, head: str = "ctc", device: torch.device | str = "cpu") -> System:
-    """Read back what ``System.save`` wrote (or any plain HF checkpoint directory, as a shared system)."""
-    from lasp.models import load_model
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ConfigError(f"{directory}: not a model directory (no config.json)")
-    name = "shared"
-    if (directory / SYSTEM_FILE).is_file():
-        name = json.loads((directory / SYSTEM_FILE).read_text())["system"]
-    if (directory / WRAPPER_CONFIG).is_file():
-        mm = MaskedModel.from_pretrained(directory, head=head)
-        mm.model.to(device)
-        return System(name, mm.model, mm)
-    model = load_model(str(directory), head=head).to(device)
-    if (directory / ADAPTERS_CONFIG).is_file():
-        return System(name, model, LanguageAdapters.load(model, directory))
-    return System(name, model)

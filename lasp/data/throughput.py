@@ -1,0 +1,65 @@
+"""How fast the input pipeline feeds a model: decode + resample + collate, in seconds of audio per second.
+
+The batches are the training stream's own (the language sampler over a manifest, the pre-training collator
+with its span masks and negatives), fetched through the same DataLoader as training with 0, 1, 2, ... worker
+processes. The first batch of every run is excluded from the timing, so worker start-up is not counted.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass
+class Throughput:
+    workers: int
+    batches: int
+    audio_s: float
+    wall_s: float
+
+    @property
+    def audio_per_s(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def line(self) -> str:
+        return (f"workers {self.workers}: {self.audio_per_s:8.1f} s of audio per second "
+                f"({self.batches} batches, {self.audio_s:.1f} s of audio in {self.wall_s:.2f} s)")
+
+
+def measure(manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40, batch_size: int = 8,
+            model: str = "tiny", max_seconds: float | None = 30.0, seed: int = 0,
+            prefetch_factor: int = 2) -> list[Throughput]:
+    """Decode + collate throughput of ``batches`` batches of ``manifest`` for each worker count."""
+    from lasp.config import load_recipe
+    from lasp.data.collate import feature_normalization
+    from lasp.data.dataset import SpeechDataset
+    from lasp.data.pipeline import make_loader, make_sampler, pretrain_collator
+    from lasp.errors import ConfigError
+    from lasp.models import is_preset, preset_config
+
+    if batches < 2:
+        raise ConfigError("--batches must be >= 2 (the first batch is not timed)")
+    cfg = load_recipe(None, [f"data.batch_size={batch_size}", f"seed={seed}"])
+    dataset = SpeechDataset(manifest, max_seconds=max_seconds)
+    if is_preset(model):
+        config = preset_config(model)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model, local_files_only=True)
+    collator = pretrain_collator(cfg, config, feature_normalization(model))
+    sampler = make_sampler(cfg.data, dataset, seed)
+    plan = [sampler.next_batch() for _ in range(batches)]
+    durations = dataset.durations
+    timed_audio = sum(durations[i] for batch in plan[1:] for i in batch)
+    out = []
+    for n in workers:
+        loader = make_loader(dataset, plan, collator, num_workers=n, prefetch_factor=prefetch_factor)
+        it = iter(loader)
+        next(it)
+        start = time.perf_counter()
+        count = sum(1 for _ in it)
+        out.append(Throughput(n, count, timed_audio, time.perf_counter() - start))
+        del it
+    return out
