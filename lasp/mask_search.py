@@ -44,8 +44,10 @@ def search_head(init: str, head: str = "auto") -> str:
 def load_search_model(cfg, init: str, head: str, device: torch.device | str = "cpu"):
     """The model masks are searched on: ``init`` with its own trained ``head`` (a preset's random weights are
     drawn from ``cfg.seed``, exactly as a training stage draws them), and the vocabulary of a CTC head."""
-    from lasp.models import is_preset, load_model
+    from lasp.models import check_head, is_preset, load_model
 
+    if os.path.isdir(init):
+        check_head(init, head)
     vocab = None
     extra = {}
     if head == "ctc":

@@ -111,6 +111,16 @@ def checkpoint_heads(name_or_path: str) -> list[str]:
     return [head for head, cls in zip(HEADS, family) if cls in archs]
 
 
+def check_head(name_or_path: str, head: str) -> None:
+    """A checkpoint directory must have been saved with ``head`` (else that head would be random weights)."""
+    if head == "base" or is_preset(name_or_path) or not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        return  # load_model itself reports a path that is not a checkpoint
+    if head not in checkpoint_heads(name_or_path):
+        saved = ", ".join(checkpoint_heads(name_or_path)) or "none"
+        raise ConfigError(f"{name_or_path}: the checkpoint has no trained {head!r} head (saved heads: {saved}); "
+                          f"a {head} head would be randomly initialised")
+
+
 def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bool = False, **overrides: Any):
     """A wav2vec2-family model with the requested head.
 
@@ -136,10 +146,8 @@ def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bo
         raise ConfigError(f"{name_or_path}: no config.json; not a Hugging Face checkpoint directory")
     config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     cls = _model_class(config.model_type, head, name_or_path)
-    if require_head and head != "base" and head not in checkpoint_heads(name_or_path):
-        saved = ", ".join(checkpoint_heads(name_or_path)) or "none"
-        raise ConfigError(f"{name_or_path}: the checkpoint has no trained {head!r} head (saved heads: {saved}); "
-                          f"a {head} head would be randomly initialised")
+    if require_head:
+        check_head(name_or_path, head)
     check_overrides(config, overrides, name_or_path)
     for key, value in overrides.items():
         setattr(config, key, value)
