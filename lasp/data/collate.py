@@ -101,17 +101,18 @@ def pad_audio(items: Sequence[dict], *, normalize: bool, attention_mask: bool,
     lengths = [len(it["input_values"]) for it in items]
     if min(lengths) == 0:
         raise DataError(f"item {items[lengths.index(0)].get('id')}: empty input_values")
-    values = torch.zeros(len(items), max(max(lengths), min_length), dtype=torch.float32)
-    mask = torch.zeros(values.shape, dtype=torch.long)
+    # NumPy, not torch: per-utterance work on small arrays gains nothing from torch's intra-op thread pool
+    values = np.zeros((len(items), max(max(lengths), min_length)), dtype=np.float32)
+    mask = np.zeros(values.shape, dtype=np.int64)
     for row, (it, n) in enumerate(zip(items, lengths)):
-        x = torch.as_tensor(np.asarray(it["input_values"], dtype=np.float32))
+        x = np.asarray(it["input_values"], dtype=np.float32)
         if normalize:  # what Wav2Vec2FeatureExtractor(do_normalize=True) does, statistics over real samples only
-            x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         values[row, :n] = x
         mask[row, :n] = 1
-    out = {"input_values": values}
+    out = {"input_values": torch.from_numpy(values)}
     if attention_mask:
-        out["attention_mask"] = mask
+        out["attention_mask"] = torch.from_numpy(mask)
     return out, torch.tensor(lengths)
 
 

@@ -53,6 +53,8 @@ def measure(manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40
     plan = [sampler.next_batch() for _ in range(batches)]
     durations = dataset.durations
     timed_audio = sum(durations[i] for batch in plan[1:] for i in batch)
+    from transformers.models.wav2vec2 import modeling_wav2vec2  # noqa: F401  (the collator's import, seconds)
+
     out = []
     for n in workers:
         loader = make_loader(dataset, plan, collator, num_workers=n, prefetch_factor=prefetch_factor)
