@@ -76,3 +76,14 @@ def test_worker_settings_are_checked(tmp_path, corpus):
 
     with pytest.raises(ConfigError, match="data.num_workers"):
         make_loader([], [], None, num_workers=-1)
+
+
+def test_data_bench_reports_audio_seconds_per_second(tmp_path, corpus, capsys):
+    from lasp.cli import main
+
+    assert main(["data", "bench", str(corpus["train"]), "pretrain.mask_time_length=2", "pretrain.num_negatives=5",
+                 "--workers", "0,1", "--batches", "3", "--batch-size", "2"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if "s of audio per second" in l]
+    assert [l.split(":")[0].strip() for l in lines] == ["workers 0", "workers 1"]
+    audio = {l.split("batches, ")[1].split(" s of audio")[0] for l in lines}
+    assert len(audio) == 1 and float(audio.pop()) > 0  # both timed the same two batches of audio

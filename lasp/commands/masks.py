@@ -47,7 +47,7 @@ def prune_command(args: argparse.Namespace) -> int:
         overrides.append(f"masks.targets={json.dumps(args.targets)}")
     if args.model is not None:
         overrides.append(f"model.name={json.dumps(args.model)}")
-    cfg = load_recipe(args.recipe, [*overrides, *args.overrides])
+    cfg = load_recipe(args.recipe, overrides)
     masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=args.langs.split(",") if args.langs else None,
                          head=args.head)
     print(masks.summary())
@@ -70,7 +70,6 @@ def register(sub) -> None:
     q = sub.add_parser("prune", help="score every language of a manifest and write its mask set",
                        description="Search a mask set exactly as pretrain/finetune search it for the same recipe: "
                                    "flags override the recipe's keys (masks.*, data.*, seed, model.name).")
-    q.add_argument("overrides", nargs="*", metavar="key=value", help="more recipe overrides")
     q.add_argument("--recipe", help="YAML recipe whose masks/data/pretrain masking settings apply (default: none)")
     q.add_argument("--model", help="preset (tiny, base, xlsr-53) or local checkpoint directory (model.name)")
     q.add_argument("--data", help="training manifest (data.train)")

@@ -27,29 +27,27 @@ class Throughput:
                 f"({self.batches} batches, {self.audio_s:.1f} s of audio in {self.wall_s:.2f} s)")
 
 
-def measure(manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40, batch_size: int = 8,
-            model: str = "tiny", max_seconds: float | None = 30.0, seed: int = 0,
-            prefetch_factor: int = 2) -> list[Throughput]:
-    """Decode + collate throughput of ``batches`` batches of ``manifest`` for each worker count."""
-    from lasp.config import load_recipe
+def measure(cfg, manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40) -> list[Throughput]:
+    """Decode + collate throughput of ``batches`` batches of ``manifest`` for each worker count, with the
+    recipe's data settings, pre-training collator and model (``model.name``: normalization, feature encoder)."""
     from lasp.data.collate import feature_normalization
-    from lasp.data.dataset import SpeechDataset
-    from lasp.data.pipeline import make_loader, make_sampler, pretrain_collator
+    from lasp.data.pipeline import make_dataset, make_loader, make_sampler, pretrain_collator
+    from lasp.data.manifest import read_manifest
     from lasp.errors import ConfigError
     from lasp.models import is_preset, preset_config
 
     if batches < 2:
         raise ConfigError("--batches must be >= 2 (the first batch is not timed)")
-    cfg = load_recipe(None, [f"data.batch_size={batch_size}", f"seed={seed}"])
-    dataset = SpeechDataset(manifest, max_seconds=max_seconds)
+    dataset = make_dataset(cfg.data, read_manifest(manifest))
+    model = cfg.model.name
     if is_preset(model):
-        config = preset_config(model)
+        config = preset_config(model, **cfg.model.overrides)
     else:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model, local_files_only=True)
     collator = pretrain_collator(cfg, config, feature_normalization(model))
-    sampler = make_sampler(cfg.data, dataset, seed)
+    sampler = make_sampler(cfg.data, dataset, cfg.seed)
     plan = [sampler.next_batch() for _ in range(batches)]
     durations = dataset.durations
     timed_audio = sum(durations[i] for batch in plan[1:] for i in batch)
@@ -57,7 +55,7 @@ def measure(manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40
 
     out = []
     for n in workers:
-        loader = make_loader(dataset, plan, collator, num_workers=n, prefetch_factor=prefetch_factor)
+        loader = make_loader(dataset, plan, collator, num_workers=n, prefetch_factor=cfg.data.prefetch_factor)
         it = iter(loader)
         next(it)
         start = time.perf_counter()
