@@ -21,7 +21,7 @@ import torch
 
 from lasp.errors import ConfigError
 from lasp.masks import LanguageMasks
-from lasp.scoring import language_seed
+from lasp.scoring import GRADIENT_SCORERS, language_seed
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def search_masks(cfg, init: str, languages: Sequence[str], *, head: str = "auto"
         raise ConfigError(f"key 'masks.method': unknown mask search method {m.method!r}; choose oneshot or imp")
     head = search_head(init, head)
     model, vocab = load_search_model(cfg, init, head, device)
-    needs_data = m.method == "imp" or m.scorer in ("taylor", "fisher")
+    needs_data = m.method == "imp" or m.scorer in GRADIENT_SCORERS
     loaders = language_loaders(cfg, init, model, vocab, languages, device) if needs_data else \
         {l: None for l in languages}
     data = os.path.abspath(cfg.data.train) if cfg.data.train else None

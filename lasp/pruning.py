@@ -94,14 +94,6 @@ def prune(
     return out
 
 
-def sparsity_report(masks: Mapping[str, torch.Tensor]) -> dict:
-    """Parameter-level sparsity overall and per tensor."""
-    per_tensor = {n: 1.0 - m.float().mean().item() for n, m in masks.items()}
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    return {"sparsity": 1.0 - kept / max(total, 1), "per_tensor": per_tensor}
-
-
 def make_language_masks(
     model: nn.Module,
     batches_by_lang: Mapping[str, Iterable | None],

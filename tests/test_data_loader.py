@@ -2,7 +2,6 @@
 batches that were prefetched but never consumed."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch

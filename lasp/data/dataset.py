@@ -115,13 +115,6 @@ class SpeechDataset:
         if check:
             self.check()
 
-    @classmethod
-    def from_manifests(cls, paths: Iterable[str | os.PathLike], **kwargs) -> "SpeechDataset":
-        utts: list[Utterance] = []
-        for path in paths:
-            utts.extend(read_manifest(path))
-        return cls(utts, **kwargs)
-
     # -- validation ---------------------------------------------------------------------------------------
     def text_of(self, utt: Utterance) -> str:
         return normalize_text(utt.text, utt.lang) if self.normalize else utt.text
@@ -225,10 +218,6 @@ class SpeechDataset:
     def durations(self) -> list[float]:
         """Seconds per item (header or manifest duration), for length bucketing and language weights."""
         return [float(u.duration) if u.duration is not None else 0.0 for u in self.utterances]
-
-    def texts(self) -> list[str]:
-        """Normalized transcripts of the usable items (to build a vocabulary)."""
-        return [self.text_of(u) for u in self.utterances]
 
     def hours_by_language(self) -> dict[str, tuple[int, float]]:
         """{lang: (utterances, hours)} over the usable items."""
