@@ -91,3 +91,12 @@ def test_lasp_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "False"
+
+
+def test_evaluation_imports_nothing_from_train():
+    code = ("import sys; import lasp.evaluate, lasp.trained, lasp.data.pipeline, lasp.data.collate, "
+            "lasp.masked, lasp.baselines.adapters, lasp.models, lasp.config, lasp.data.text; "
+            "print(sorted(m for m in sys.modules if m.startswith('lasp.train.') or m == 'lasp.train'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]"
