@@ -111,7 +111,17 @@ def random_masks(model, languages: Sequence[str], cfg, base_model: str) -> Langu
 
 def search_masks(cfg, init: str, languages: Sequence[str], *, head: str = "auto",
                  device: torch.device | str = "cpu", progress: bool = True) -> LanguageMasks:
-    """The lasp mask set of ``init`` for ``languages`` on ``data.train``, by ``masks.method``."""
+    """The lasp mask set of ``init`` for ``languages`` on ``data.train``, by ``masks.method``.
+
+    The search seeds itself and leaves the caller's torch RNG as it was, so a training stage draws the same
+    random numbers whether or not it had to search (a rerun finds the masks already saved).
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return _search(cfg, init, languages, head, device, progress)
+
+
+def _search(cfg, init, languages, head, device, progress) -> LanguageMasks:
     m = cfg.masks
     if m.method not in ("oneshot", "imp"):
         raise ConfigError(f"key 'masks.method': unknown mask search method {m.method!r}; choose oneshot or imp")
