@@ -86,3 +86,26 @@ def test_data_bench_reports_audio_seconds_per_second(tmp_path, corpus, capsys):
     assert [l.split(":")[0].strip() for l in lines] == ["workers 0", "workers 1"]
     audio = {l.split("batches, ")[1].split(" s of audio")[0] for l in lines}
     assert len(audio) == 1 and float(audio.pop()) > 0  # both timed the same two batches of audio
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_run_with_two_workers_resumed_mid_run_is_bit_identical(tmp_path, corpus):
+    from lasp.train.finetune import finetune
+
+    common = ["finetune.system=lasp", "finetune.max_steps=6", "finetune.ckpt_every=3", "data.num_workers=2"]
+    ref = finetune(fast_recipe(tmp_path / "a", corpus, *common), progress=False)
+
+    def crash(step, path):
+        if step == 3:  # the workers have prefetched batches 4.. by now; they must be drawn again
+            raise _Crash()
+
+    cfg = fast_recipe(tmp_path / "b", corpus, *common)
+    with pytest.raises(_Crash):
+        finetune(cfg, callbacks={"on_checkpoint": crash}, progress=False)
+    resumed = finetune(cfg, progress=False)
+    a, b = (load_file(str(f / "model.safetensors")) for f in (ref, resumed))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
