@@ -42,9 +42,7 @@ def _finetune(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from lasp.evaluate import evaluate
-
-    from lasp.evaluate import summary_lines
+    from lasp.evaluate import evaluate, summary_lines
 
     results = evaluate(load_recipe(args.recipe, args.overrides))
     print("\n".join(summary_lines(results, results["out_dir"])))

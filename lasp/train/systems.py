@@ -25,8 +25,7 @@ from lasp.confine import ConfinedOptimizer
 from lasp.errors import ConfigError
 from lasp.masked import MaskedModel
 from lasp.masks import LanguageMasks
-
-from lasp.trained import SYSTEM_FILE  # noqa: E402  (the file load_trained reads)
+from lasp.trained import SYSTEM_FILE  # the file load_trained reads back
 
 
 class System:
