@@ -61,7 +61,10 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
             print(start)
 
     utts = read_split(cfg.data, "train")
-    vocab = load_vocab(cfg.data, utts, run_dir)
+    # rank 0 builds and saves the vocabulary; the others read it (concurrent writers could read a half-written file)
+    vocab = load_vocab(cfg.data, utts, run_dir) if info.is_main else None
+    D.barrier(info)
+    vocab = vocab if vocab is not None else load_vocab(cfg.data, utts, run_dir)
     dataset = make_dataset(cfg.data, utts, vocab)
     languages = sorted(set(dataset.langs))
     model = load_model(init, head="ctc", **{
