@@ -42,6 +42,10 @@ class DataConfig:
     max_batch_seconds: float | None = None
     # false: every batch holds one language (language-adaptive training needs this for pretraining)
     mixed: bool = False
+    # DataLoader worker processes decoding and collating batches (0: in the training process)
+    num_workers: int = 0
+    # batches each worker prepares ahead (DataLoader prefetch_factor; ignored with num_workers 0)
+    prefetch_factor: int = 2
 
 
 @dataclass
@@ -95,7 +99,8 @@ class OptimConfig:
 class StageConfig:
     # where checkpoints, logs and the final model go; null = <output_dir>/<stage>-<system>
     run_dir: str | None = None
-    # starting weights: a local model directory or a preset; null = the previous stage's output or model.name
+    # starting weights: a local model directory or a preset (finetune also: pretrain = this recipe's pre-training
+    # output, which must exist); null = model.name
     init: str | None = None
     # which system trains: shared (no masks), lasp (importance masks), random (random masks at the same
     # sparsity), adapters (MMS-style per-language adapters; fine-tuning only)

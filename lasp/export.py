@@ -22,44 +22,8 @@ from pathlib import Path
 import torch
 
 from lasp.errors import ConfigError
+from lasp.data.collate import feature_normalization, save_feature_extractor
 from lasp.system_layout import SHARED_SUBDIR, model_dir
-
-PREPROCESSOR_FILE = "preprocessor_config.json"
-# lasp's preset models are trained on per-utterance zero-mean/unit-variance audio, like XLSR-53 itself
-PRESET_NORMALIZE = True
-
-
-def training_normalization(name_or_path: str | os.PathLike | None) -> bool:
-    """Whether a model started from ``name_or_path`` is fed normalized audio (``do_normalize``).
-
-    A local checkpoint (or a lasp system directory) says so in its ``preprocessor_config.json``; one without that
-    file gets transformers' default (True), and so do presets.
-    """
-    if name_or_path is None or not os.path.isdir(name_or_path):
-        return PRESET_NORMALIZE
-    path = model_dir(name_or_path) / PREPROCESSOR_FILE
-    if not path.is_file():
-        return True
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("do_normalize", True))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: malformed ({err.msg})") from None
-
-
-def feature_extractor(config, do_normalize: bool):
-    """The Wav2Vec2FeatureExtractor matching how lasp feeds ``config``'s model (16 kHz mono, zero padding)."""
-    from transformers import Wav2Vec2FeatureExtractor
-
-    # group-norm feature encoders (wav2vec2-base, the tiny preset) are trained without an attention mask
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                    do_normalize=bool(do_normalize),
-                                    return_attention_mask=config.feat_extract_norm == "layer")
-
-
-def write_feature_extractor(directory: str | os.PathLike, config, do_normalize: bool) -> Path:
-    feature_extractor(config, do_normalize).save_pretrained(os.fspath(directory))
-    return Path(directory) / PREPROCESSOR_FILE
-
 
 def language_model(system, lang: str) -> torch.nn.Module:
     """A plain Wav2Vec2ForCTC that computes what ``system`` computes for ``lang`` (a copy; system untouched)."""
@@ -105,7 +69,7 @@ def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(os.fspath(out_dir))
     vocab.tokenizer(out_dir).save_pretrained(os.fspath(out_dir))
-    write_feature_extractor(out_dir, model.config, do_normalize)
+    save_feature_extractor(os.fspath(out_dir), model.config, do_normalize)
     (out_dir / "lasp_export.json").write_text(json.dumps({"language": lang, "system": system.name}, indent=2) + "\n")
     return out_dir
 
@@ -113,7 +77,7 @@ def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_
 def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """``lasp export``: ``run`` is a fine-tuned system directory (``final/``) or a stage run directory holding one."""
     from lasp.data.text import Vocabulary
-    from lasp.train.systems import load_system
+    from lasp.trained import load_trained
 
     system_dir = _system_dir(Path(run))
     out_dir = Path(out_dir)
@@ -123,10 +87,10 @@ def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *,
         shutil.rmtree(out_dir)
     if not (system_dir / "vocab.json").is_file():
         raise ConfigError(f"{system_dir} has no vocab.json; export a fine-tuned (CTC) system")
-    system = load_system(system_dir, head="ctc")
+    system = load_trained(system_dir, head="ctc")
     system.train(False)
     return export_language(system, Vocabulary.load(system_dir), lang, out_dir,
-                           do_normalize=training_normalization(system_dir))
+                           do_normalize=feature_normalization(system_dir))
 
 
 def _system_dir(run: Path) -> Path:

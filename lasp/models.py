@@ -60,10 +60,24 @@ _FAMILIES = {
 }
 
 
+def check_overrides(config, overrides: dict[str, Any], where: str) -> None:
+    """Every override must name a field of the model config: transformers would store a typo (``hiden_size``)
+    as a new attribute and silently ignore it."""
+    import difflib
+
+    known = set(config.to_dict())
+    for key in overrides:
+        if key not in known and not hasattr(config, key):
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model.overrides: {key!r} is not a field of {type(config).__name__} ({where}){hint}")
+
+
 def preset_config(name: str, **overrides: Any) -> Wav2Vec2Config:
     """The :class:`Wav2Vec2Config` of preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+    check_overrides(Wav2Vec2Config(), overrides, f"preset {name!r}")
     kwargs = dict(PRESETS[name])
     kwargs.update(overrides)
     return Wav2Vec2Config(**kwargs)
@@ -87,13 +101,36 @@ def is_preset(name_or_path: str) -> bool:
     return name_or_path in PRESETS and not os.path.isdir(name_or_path)
 
 
-def load_model(name_or_path: str, head: str = "pretraining", **overrides: Any):
+def checkpoint_heads(name_or_path: str) -> list[str]:
+    """The heads a checkpoint directory was saved with (from ``architectures`` in its config.json)."""
+    import json
+
+    with open(os.path.join(name_or_path, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    family = _FAMILIES.get(config.get("model_type"), ())
+    archs = config.get("architectures") or []
+    return [head for head, cls in zip(HEADS, family) if cls in archs]
+
+
+def check_head(name_or_path: str, head: str) -> None:
+    """A checkpoint directory must have been saved with ``head`` (else that head would be random weights)."""
+    if head == "base" or is_preset(name_or_path) or not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        return  # load_model itself reports a path that is not a checkpoint
+    if head not in checkpoint_heads(name_or_path):
+        saved = ", ".join(checkpoint_heads(name_or_path)) or "none"
+        raise ConfigError(f"{name_or_path}: the checkpoint has no trained {head!r} head (saved heads: {saved}); "
+                          f"a {head} head would be randomly initialised")
+
+
+def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bool = False, **overrides: Any):
     """A wav2vec2-family model with the requested head.
 
     ``name_or_path``: a preset name (random weights) or a local checkpoint
     directory. ``overrides`` are config fields (e.g. ``vocab_size=40`` for a
-    CTC head, ``mask_time_prob=0.0``); a CTC head on a pre-training checkpoint is
-    freshly initialised, as in every wav2vec 2.0 fine-tuning recipe.
+    CTC head, ``mask_time_prob=0.0``); an unknown field is an error. A CTC head on a
+    pre-training checkpoint is freshly initialised, as in every wav2vec 2.0
+    fine-tuning recipe; ``require_head=True`` (scoring through the head) makes a
+    checkpoint without a trained ``head`` an error instead.
     """
     name_or_path = str(name_or_path)
     if os.path.isdir(name_or_path):  # a trained system's final/ holds its shared model in a subfolder
@@ -112,6 +149,9 @@ def load_model(name_or_path: str, head: str = "pretraining", **overrides: Any):
         raise ConfigError(f"{name_or_path}: no config.json; not a Hugging Face checkpoint directory")
     config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     cls = _model_class(config.model_type, head, name_or_path)
+    if require_head:
+        check_head(name_or_path, head)
+    check_overrides(config, overrides, name_or_path)
     for key, value in overrides.items():
         setattr(config, key, value)
     from lasp.load_report import from_pretrained  # one line instead of transformers' table for a head switch

@@ -94,14 +94,6 @@ def prune(
     return out
 
 
-def sparsity_report(masks: Mapping[str, torch.Tensor]) -> dict:
-    """Parameter-level sparsity overall and per tensor."""
-    per_tensor = {n: 1.0 - m.float().mean().item() for n, m in masks.items()}
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    return {"sparsity": 1.0 - kept / max(total, 1), "per_tensor": per_tensor}
-
-
 def make_language_masks(
     model: nn.Module,
     batches_by_lang: Mapping[str, Iterable | None],
@@ -123,16 +115,19 @@ def make_language_masks(
     """
     dense = {}
     per_lang = {}
+    skipped = {}
     languages = list(batches_by_lang)
     for lang in tqdm(languages, desc="languages", disable=None if progress else True):
         s = sparsity.get(lang) if isinstance(sparsity, Mapping) else sparsity
+        stats: dict = {}
         scores = score_language(model, batches_by_lang[lang], scorer=scorer, targets=targets,
-                                max_batches=max_batches, seed=seed, lang=lang, progress=progress)
+                                max_batches=max_batches, seed=seed, lang=lang, progress=progress, stats=stats)
+        skipped[lang] = stats.get("skipped_nonfinite", 0)
         dense[lang] = prune(scores, s, scope=scope, pattern=pattern)
         per_lang[lang] = s
         del scores
     return LanguageMasks.from_dense(
         dense, base_model=base_model, scorer=scorer, data=data, sparsity=per_lang,
         extra={"scope": scope, "pattern": pattern, "batches_per_language": max_batches, "seed": seed,
-               "targets": list(targets) if targets else "default"},
+               "targets": list(targets) if targets else "default", "skipped_nonfinite": skipped},
     )

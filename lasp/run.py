@@ -144,7 +144,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
         if m.method != "oneshot":
             raise ConfigError("lasp run searches masks one-shot (score → prune); set masks.method: oneshot, "
                               "or search with IMP beforehand and point masks.dir at the result")
-        jobs.append(Job("masks", [*lasp, "prune", "--model", str(base), "--data", cfg.data.train,
+        jobs.append(Job("masks", [*lasp, "prune", "--recipe", str(stage_recipe), "--model", str(base),
+                                  "--data", cfg.data.train,
                                   "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
                                   "--pattern", m.pattern, "--batches", str(m.max_batches),
                                   "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),

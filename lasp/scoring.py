@@ -22,6 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
+from lasp.objective import batch_loss
 from lasp.targets import select_targets
 
 SCORERS = ("magnitude", "taylor", "fisher", "random")
@@ -33,21 +34,6 @@ def language_seed(seed: int, lang: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(lang.encode())) % (2**31 - 1)
 
 
-def _model_inputs(batch: Mapping, device: torch.device) -> dict:
-    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items() if k not in ("langs", "lang")}
-
-
-def _loss(model: nn.Module, batch: Mapping, device: torch.device) -> torch.Tensor:
-    out = model(**_model_inputs(batch, device))
-    loss = getattr(out, "loss", None)
-    if loss is None:
-        raise ConfigError(
-            f"{type(model).__name__} returned no loss for a scoring batch: pre-training batches need "
-            "mask_time_indices and sampled_negative_indices, CTC batches need labels"
-        )
-    return loss
-
-
 def score_language(
     model: nn.Module,
     batches: Iterable[Mapping] | None,
@@ -57,11 +43,13 @@ def score_language(
     seed: int = 0,
     lang: str = "",
     progress: bool = False,
+    stats: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{canonical parameter name: fp32 score tensor}`` for the targeted weights.
 
-    ``batches`` yields dicts of model inputs (a ``langs`` key is ignored);
-    ``max_batches`` caps how many are used. ``lang`` only seeds ``random``.
+    ``batches`` yields collated batches (bookkeeping keys such as ``langs`` are ignored);
+    ``max_batches`` caps how many are used. ``lang`` only seeds ``random``. ``stats``, when given, receives
+    ``batches`` (used) and ``skipped_nonfinite`` (batches whose loss was NaN/inf and did not count).
     """
     if scorer not in SCORERS:
         raise ConfigError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
@@ -78,7 +66,7 @@ def score_language(
     was_training = model.training
     saved_flags = {p: p.requires_grad for p in model.parameters()}
     scores = {n: torch.zeros(p.shape, dtype=torch.float32, device=device) for n, p in params.items()}
-    used = 0
+    used = skipped = 0
     try:
         model.eval()
         for p in model.parameters():
@@ -91,9 +79,12 @@ def score_language(
         for batch in iterator:
             if max_batches is not None and used >= max_batches:
                 break
-            loss = _loss(model, batch, device)
+            if batch is None:  # every row of it was undecodable (the dataset reported and counted them)
+                continue
+            _, loss, _ = batch_loss(model, batch, device)
             if not torch.isfinite(loss):
-                continue  # a degenerate batch must not poison every score
+                skipped += 1  # a degenerate batch must not poison every score; counted, not hidden
+                continue
             loss.backward()
             with torch.no_grad():
                 for name, p in params.items():
@@ -109,6 +100,9 @@ def score_language(
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
+    if stats is not None:
+        stats.update(batches=used, skipped_nonfinite=skipped)
     if used == 0:
-        raise ConfigError(f"no usable batch to score language {lang or '?'} with {scorer!r}")
+        raise ConfigError(f"no usable batch to score language {lang or '?'} with {scorer!r}"
+                          + (f" ({skipped} had a non-finite loss)" if skipped else ""))
     return {n: s.cpu() for n, s in scores.items()}

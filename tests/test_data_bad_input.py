@@ -9,6 +9,8 @@ import pytest
 import soundfile as sf
 from data_fixtures import tone, write_audio
 
+from data_fixtures import tiny_config
+
 from lasp.data.collate import CTCCollator
 from lasp.data.dataset import SpeechDataset
 from lasp.data.manifest import read_manifest
@@ -94,7 +96,7 @@ def test_decode_time_failures_are_skipped_by_the_collator_and_counted(manifest):
     assert {b.reason for b in ds.report().bad} >= {"silent_audio", "nan_samples"}
     nan_row = next(b for b in ds.report().bad if b.reason == "nan_samples")
     assert nan_row.row == 7 and nan_row.audio.endswith("nan.wav")
-    batch = CTCCollator()(items)
+    batch = CTCCollator(tiny_config(), pad_id=0, normalize=True)(items)
     assert batch["input_values"].shape[0] == 1 and batch["langs"] == ["es"]
 
 

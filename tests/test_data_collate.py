@@ -38,7 +38,8 @@ def test_pretrain_batch_gives_finite_loss_and_respects_padding(dataset):
     from transformers import Wav2Vec2ForPreTraining
 
     cfg = tiny_config()
-    collator = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=10, seed=0)
+    collator = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=10, normalize=True,
+                                 seed=0)
     items = [dataset[i] for i in range(4)]
     batch = collator(items)
     assert batch["langs"] == ["es", "es", "de", "de"]
@@ -72,10 +73,10 @@ def test_pretrain_masks_are_deterministic_and_leave_numpy_state_alone(dataset):
     np.random.seed(123)
     before = np.random.random()
     np.random.seed(123)
-    a = PretrainCollator(cfg, mask_time_length=3, num_negatives=5, seed=1)(items)
+    a = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=5, normalize=True, seed=1)(items)
     assert np.random.random() == before  # the global numpy generator was not advanced
-    b = PretrainCollator(cfg, mask_time_length=3, num_negatives=5, seed=1)(items)
-    c = PretrainCollator(cfg, mask_time_length=3, num_negatives=5, seed=2)(items)
+    b = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=5, normalize=True, seed=1)(items)
+    c = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=5, normalize=True, seed=2)(items)
     assert torch.equal(a["mask_time_indices"], b["mask_time_indices"])
     assert torch.equal(a["sampled_negative_indices"], b["sampled_negative_indices"])
     assert not torch.equal(a["mask_time_indices"], c["mask_time_indices"])
@@ -83,7 +84,8 @@ def test_pretrain_masks_are_deterministic_and_leave_numpy_state_alone(dataset):
 
 def test_group_norm_models_get_no_attention_mask(dataset):
     cfg = tiny_config(feat_extract_norm="group", do_stable_layer_norm=False)
-    batch = PretrainCollator(cfg, mask_time_length=3, num_negatives=5)([dataset[0], dataset[1]])
+    batch = PretrainCollator(cfg, mask_time_prob=0.65, mask_time_length=3, num_negatives=5,
+                             normalize=True)([dataset[0], dataset[1]])
     assert "attention_mask" not in batch
 
 
@@ -91,7 +93,7 @@ def test_ctc_batch_runs_through_wav2vec2_for_ctc(dataset):
     from transformers import Wav2Vec2ForCTC
 
     vocab = dataset.vocab
-    collator = CTCCollator(pad_id=vocab.pad_id, return_ids=False)
+    collator = CTCCollator(tiny_config(), pad_id=vocab.pad_id, normalize=True)
     items = [dataset[i] for i in range(4)]
     batch = collator(items)
     labels = batch["labels"]
@@ -111,11 +113,12 @@ def test_ctc_batch_runs_through_wav2vec2_for_ctc(dataset):
 
 
 def test_collators_drop_skipped_items_and_check_labels(dataset):
-    collator = CTCCollator(return_ids=True)
+    collator = CTCCollator(tiny_config(), pad_id=0, normalize=True)
     batch = collator([None, dataset[2], None])
-    assert batch["langs"] == ["de"] and batch["ids"] == [dataset[2]["id"]] and batch["texts"] == ["guten tag"]
+    assert batch["langs"] == ["de"] and batch["labels"].shape[0] == 1
     assert collator([None, None]) is None
-    assert PretrainCollator(tiny_config())([None]) is None
+    assert PretrainCollator(tiny_config(), mask_time_prob=0.65, mask_time_length=3, num_negatives=5,
+                            normalize=True)([None]) is None
     item = dict(dataset[0])
     with pytest.raises(DataError, match="have no labels"):
         collator([{k: v for k, v in item.items() if k != "labels"}])

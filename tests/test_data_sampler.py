@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lasp.data.sampler import LanguageBatchSampler, language_probabilities, single_language_batches
+from lasp.data.sampler import LanguageBatchSampler, language_probabilities
 from lasp.errors import ConfigError
 
 
@@ -128,6 +128,17 @@ def test_language_batches_are_fixed_and_of_one_language():
     assert len(first) == 10 and all(langs[i] == "sw" for b in first for i in b)
     list(itertools.islice(iter(sampler), 25))  # the stream's position does not matter
     assert sampler.language_batches("sw", 10) == first
-    assert single_language_batches(langs, durations, "sw", 10, batch_size=6) == first
+    assert LanguageBatchSampler(langs, durations, batch_size=6, seed=0).language_batches("sw", 10) == first
     with pytest.raises(ConfigError, match="language 'fr' has no utterances"):
         sampler.language_batches("fr", 2)
+
+
+def test_weight_by_utterances_needs_no_durations_and_seconds_say_what_is_missing():
+    langs = ["sw"] * 9 + ["tr"]
+    sampler = LanguageBatchSampler(langs, batch_size=2, weight_by="utterances", alpha=1.0)
+    assert sampler.probabilities == {"sw": 0.9, "tr": pytest.approx(0.1)}
+    assert all(len(b) <= 2 for b in itertools.islice(iter(sampler), 10))
+    with pytest.raises(ConfigError, match="weight_by='seconds' needs durations"):
+        LanguageBatchSampler(langs, batch_size=2)
+    with pytest.raises(ConfigError, match="max_batch_seconds needs durations"):
+        LanguageBatchSampler(langs, max_batch_seconds=5.0, weight_by="utterances")

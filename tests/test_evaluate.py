@@ -56,10 +56,10 @@ def test_language_files(tmp_path):
     recogs = (tmp_path / "recogs-de.txt").read_text().splitlines()
     assert recogs == ["u1\tein dach\tein", "u2\tab und zu ab\tab und zu ab"]
     errs = (tmp_path / "errs-de.txt").read_text()
-    assert errs.startswith("%WER 16.67 [ 1 / 6, 0 ins, 1 del, 0 sub ]")
+    assert errs.startswith("WER 0.1667 [ 1 / 6, 0 ins, 1 del, 0 sub ]")  # fractions, as in results.json
     assert "REF: ein dach" in errs
     summary = (tmp_path / "wer-summary-de.txt").read_text()
-    assert "WER\t16.67" in summary and "utterances\t2" in summary
+    assert "WER\t0.1667" in summary and "utterances\t2" in summary and "unreadable\t0" in summary
 
 
 class _FixedSystem:
@@ -72,8 +72,9 @@ class _FixedSystem:
 
         self.vocab, self.typo_lang, self.lang = vocab, typo_lang, None
         self.texts: list[str] = []
-        self.model = SimpleNamespace(config=SimpleNamespace(feat_extract_norm="group"),
-                                     _get_feat_extract_output_lengths=lambda n: n // 100)
+        # one frame per 100 samples
+        self.model = SimpleNamespace(config=SimpleNamespace(feat_extract_norm="group", conv_kernel=[100],
+                                                            conv_stride=[100]))
 
     def set_language(self, lang):
         self.lang = lang
@@ -104,7 +105,10 @@ class _Dataset:
         self.langs = [it["lang"] for it in self.items]
         self.durations = [1.0 + 0.01 * i for i in range(len(self.items))]
 
-    def __getitem__(self, i):
+    def __len__(self):
+        return len(self.items)
+
+    def read(self, i):
         return self.items[i]
 
 
@@ -114,7 +118,7 @@ def test_evaluate_system_writes_every_language_and_results(tmp_path):
     system = _FixedSystem(vocab, typo_lang="de")
     # decode order: languages sorted, then by duration (= item order here)
     system.texts = [t for lang in sorted(REFS) for t in REFS[lang]]
-    results = evaluate_system(system, ds, vocab, out_dir=tmp_path, batch_size=3)
+    results = evaluate_system(system, ds, vocab, out_dir=tmp_path, batch_size=3, normalize=True)
     assert results["languages"]["es"]["wer"] == 0.0 and results["languages"]["es"]["cer"] == 0.0
     de_hyps = ["ein dac", "ab und zu a"]
     assert results["languages"]["de"]["cer"] == pytest.approx(jiwer.cer(REFS["de"], de_hyps))

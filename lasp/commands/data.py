@@ -98,6 +98,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from lasp.config import load_recipe
+    from lasp.data.throughput import measure
+
+    overrides = [f"data.batch_size={args.batch_size}"] if args.batch_size else []
+    cfg = load_recipe(args.recipe, [*overrides, *args.overrides])
+    workers = [int(w) for w in _langs(args.workers)]
+    print(f"{args.manifest}: decode + collate ({args.batches} batches of {cfg.data.batch_size}, "
+          f"model {cfg.model.name})")
+    for result in measure(cfg, args.manifest, workers=workers, batches=args.batches):
+        print("  " + result.line())
+    return 0
+
+
 def register(sub) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     p = sub.add_parser("data", help="import corpora, synthesize the demo corpus, inspect manifests")
@@ -166,3 +180,13 @@ def register(sub) -> None:
     q.add_argument("--decode", action="store_true", help="decode every file (finds NaN, silent, corrupt audio)")
     q.add_argument("--show", type=int, default=10, help="bad rows to list")
     q.set_defaults(handler=cmd_info)
+
+    q = dsub.add_parser("bench", help="decode + collate throughput (seconds of audio per second) per worker count")
+    q.add_argument("manifest")
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, e.g. model.name=/path/to/xlsr-53 data.max_seconds=20")
+    q.add_argument("--recipe", help="recipe whose data, model and pre-training masking settings apply")
+    q.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    q.add_argument("--batches", type=int, default=40, help="batches per worker count (the first is not timed)")
+    q.add_argument("--batch-size", type=int, help="utterances per batch (data.batch_size)")
+    q.set_defaults(handler=cmd_bench)

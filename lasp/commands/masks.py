@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from lasp.masks import LanguageMasks
 
-
-def iou_table(masks: LanguageMasks) -> str:
+def iou_table(masks) -> str:
     langs = masks.languages
     width = max(6, *(len(l) for l in langs))
     lines = [" " * width + "".join(f"{l:>{width + 1}}" for l in langs)]
@@ -16,6 +14,8 @@ def iou_table(masks: LanguageMasks) -> str:
 
 
 def masks_info(args: argparse.Namespace) -> int:
+    from lasp.masks import LanguageMasks
+
     masks = LanguageMasks.load(args.mask_dir, languages=args.languages.split(",") if args.languages else None)
     meta = masks.metadata
     print(f"mask set {args.mask_dir}: base model {meta.get('base_model')}, scorer {meta.get('scorer')}, "
@@ -27,17 +27,33 @@ def masks_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def prune_command(args: argparse.Namespace) -> int:
-    from lasp.mask_search import prune_from_manifest
+# `lasp prune` flag -> recipe key; a flag left out keeps the recipe's value (or the schema default)
+PRUNE_KEYS = {"method": "masks.method", "scorer": "masks.scorer", "sparsity": "masks.sparsity",
+              "scope": "masks.scope", "pattern": "masks.pattern", "batches": "masks.max_batches",
+              "imp_rounds": "masks.imp_rounds", "imp_steps": "masks.imp_steps", "imp_lr": "masks.imp_lr",
+              "batch_size": "data.batch_size", "on_bad": "data.on_bad", "seed": "seed", "data": "data.train"}
 
-    masks = prune_from_manifest(
-        model=args.model, manifest=args.data, out=args.out, scorer=args.scorer, sparsity=args.sparsity,
-        scope=args.scope, pattern=args.pattern, batches=args.batches, batch_size=args.batch_size,
-        languages=args.langs.split(",") if args.langs else None, targets=args.targets, seed=args.seed,
-        on_bad=args.on_bad, head=args.head, method=args.method, imp_rounds=args.imp_rounds,
-        imp_steps=args.imp_steps, imp_lr=args.imp_lr,
-    )
+
+def prune_command(args: argparse.Namespace) -> int:
+    import json
+
+    from lasp.config import load_recipe
+    from lasp.mask_search import prune_to_dir
+
+    # values are JSON (a YAML subset): strings stay strings ("2:4" is not read as the base-60 number 124)
+    overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in PRUNE_KEYS.items()
+                 if getattr(args, flag) is not None]
+    if args.targets is not None:
+        overrides.append(f"masks.targets={json.dumps(args.targets)}")
+    if args.model is not None:
+        overrides.append(f"model.name={json.dumps(args.model)}")
+    cfg = load_recipe(args.recipe, overrides)
+    masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=args.langs.split(",") if args.langs else None,
+                         head=args.head)
     print(masks.summary())
+    skipped = {l: n for l, n in masks.metadata.get("skipped_nonfinite", {}).items() if n}
+    if skipped:
+        print("batches skipped for a non-finite loss: " + ", ".join(f"{l} {n}" for l, n in skipped.items()))
     print(f"wrote {args.out}")
     return 0
 
@@ -51,26 +67,29 @@ def register(sub) -> None:
     info.set_defaults(handler=masks_info)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
-    q = sub.add_parser("prune", help="score every language of a manifest and write its mask set")
-    q.add_argument("--model", required=True, help="preset (tiny, base, xlsr-53) or local checkpoint directory")
-    q.add_argument("--data", required=True, help="manifest (JSON lines with audio, text, lang)")
+    q = sub.add_parser("prune", help="score every language of a manifest and write its mask set",
+                       description="Search a mask set exactly as pretrain/finetune search it for the same recipe: "
+                                   "flags override the recipe's keys (masks.*, data.*, seed, model.name).")
+    q.add_argument("--recipe", help="YAML recipe whose masks/data/pretrain masking settings apply (default: none)")
+    q.add_argument("--model", help="preset (tiny, base, xlsr-53) or local checkpoint directory (model.name)")
+    q.add_argument("--data", help="training manifest (data.train)")
     q.add_argument("--out", required=True, help="mask-set directory to write")
-    q.add_argument("--method", default="oneshot", choices=["oneshot", "imp"],
+    q.add_argument("--method", choices=["oneshot", "imp"],
                    help="oneshot: score once and prune; imp: iterative magnitude pruning with rewinding")
-    q.add_argument("--imp-rounds", type=int, default=3, help="imp: prune/rewind rounds")
-    q.add_argument("--imp-steps", type=int, default=50, help="imp: training steps per round")
-    q.add_argument("--imp-lr", type=float, default=5e-4, help="imp: Adam learning rate")
-    q.add_argument("--scorer", default="taylor", choices=["magnitude", "taylor", "fisher", "random"])
-    q.add_argument("--sparsity", type=float, default=None,
-                   help="fraction of targeted weights removed (default 0.5; implied by an n:m pattern)")
-    q.add_argument("--scope", default="per-tensor", choices=["per-tensor", "global"])
-    q.add_argument("--pattern", default="unstructured", help="unstructured or n:m, e.g. 2:4")
-    q.add_argument("--batches", type=int, default=8, help="batches scored per language")
-    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--imp-rounds", type=int, help="imp: prune/rewind rounds")
+    q.add_argument("--imp-steps", type=int, help="imp: training steps per round")
+    q.add_argument("--imp-lr", type=float, help="imp: Adam learning rate")
+    q.add_argument("--scorer", choices=["magnitude", "taylor", "fisher", "random"])
+    q.add_argument("--sparsity", type=float, help="fraction of targeted weights removed")
+    q.add_argument("--scope", choices=["per-tensor", "global"])
+    q.add_argument("--pattern", help="unstructured or n:m, e.g. 2:4")
+    q.add_argument("--batches", type=int, help="batches scored per language (masks.max_batches)")
+    q.add_argument("--batch-size", type=int, help="utterances per batch (data.batch_size)")
     q.add_argument("--langs", help="comma-separated languages (default: all in the manifest)")
     q.add_argument("--targets", nargs="*", default=None, help="target regexes or groups (default: encoder Linears)")
     q.add_argument("--head", default="auto", choices=["auto", "pretraining", "ctc"],
-                   help="loss for gradient scorers: pre-training (no transcripts) or CTC (auto: pre-training)")
-    q.add_argument("--on-bad", default="skip", choices=["skip", "error"], help="policy for unusable rows")
-    q.add_argument("--seed", type=int, default=0)
+                   help="loss for gradient scorers (auto: CTC when the checkpoint has a trained CTC head and "
+                        "vocab.json, else pre-training); a head the checkpoint lacks is an error")
+    q.add_argument("--on-bad", choices=["skip", "error"], help="policy for unusable rows (data.on_bad)")
+    q.add_argument("--seed", type=int)
     q.set_defaults(handler=prune_command)

@@ -73,19 +73,10 @@ def _finetune(args) -> int:
 def _evaluate(args) -> int:
     if args.explain:
         return print_explain()
-    from lasp.evaluate import evaluate
-    from lasp.preflight import evaluate_paths
+    from lasp.evaluate import evaluate, summary_lines
 
-    cfg = _recipe(args, "evaluate")
-    results = evaluate(cfg)
-    # fractions, as in results.json and the README (0.123 = 12.3 % of characters/words wrong)
-    print(f"{'lang':<8}{'CER':>8}{'WER':>8}  utterances   (error rates as fractions)")
-    for lang, r in results["languages"].items():
-        unreadable = f" ({len(r['unreadable'])} unreadable, see results.json)" if r.get("unreadable") else ""
-        print(f"{lang:<8}{r['cer']:>8.4f}{r['wer']:>8.4f}  {r['utterances']}{unreadable}")
-    m = results["macro"]
-    print(f"{'macro':<8}{m['cer']:>8.4f}{m['wer']:>8.4f}")
-    print(f"wrote results.json, recogs-*, errs-*, wer-summary-* to {evaluate_paths(cfg)[1]}")
+    results = evaluate(_recipe(args, "evaluate"))
+    print("\n".join(summary_lines(results, results["out_dir"])))
     return 0
 
 

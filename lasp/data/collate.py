@@ -1,18 +1,27 @@
-"""Collators: dataset items -> the tensors Wav2Vec2ForPreTraining / Wav2Vec2ForCTC take, plus ``langs``.
+"""The one collator module: dataset items -> the tensors every stage feeds the model.
 
-Both drop ``None`` items (rows the dataset skipped under ``on_bad="skip"``) and return ``None`` when nothing is
-left, so a training loop skips such a batch instead of crashing. Every batch carries ``"langs"`` (one code per
-example); the trainer pops it before calling the model.
+Scoring, IMP, random masks, pre-training, fine-tuning and evaluation all pad and normalize audio here, so a
+waveform becomes the same ``input_values`` whichever stage sees it. Normalization follows the checkpoint's
+feature-extractor config (``do_normalize`` in ``preprocessor_config.json``, see :func:`feature_normalization`);
+the attention mask follows the model config (layer-norm feature encoders such as XLSR get one; group-norm
+models are fed zero padding without a mask, as transformers recommends).
 
-Pre-training masks follow wav2vec 2.0 (mask_time_prob 0.65, spans of 10 frames, 100 negatives drawn among the
-masked frames of the same utterance), computed with transformers' own ``_compute_mask_indices`` and
-``_sample_negative_indices``. Those draw from NumPy's global generator, so each call runs them under a
-generator seeded from (collator seed, item ids): a batch gets the same masks on every run, after a resume, and
-whichever DataLoader worker builds it, and the caller's global NumPy state is left untouched.
+Collators drop ``None`` items (rows the dataset skipped under ``on_bad="skip"``) and return ``None`` when nothing
+is left, so a loop skips such a batch. Every batch carries ``"langs"`` (one code per example).
+
+Pre-training masks follow wav2vec 2.0 (spans of ``mask_time_length`` frames started with ``mask_time_prob``,
+negatives drawn among the masked frames of the same utterance; both from the recipe), computed with
+transformers' own ``_compute_mask_indices`` and ``_sample_negative_indices``. Those draw from NumPy's global
+generator, so each call runs them under a generator seeded from (collator seed, item ids): a batch gets the same
+masks on every run, after a resume and in whichever DataLoader worker builds it, and the caller's global NumPy
+state is left untouched.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 import zlib
 from typing import Sequence
 
@@ -20,6 +29,51 @@ import numpy as np
 import torch
 
 from lasp.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+# Presets (random weights, no feature-extractor config) normalize like XLSR-53 / wav2vec 2.0 large, whose
+# preprocessor_config.json says do_normalize: true; so does transformers' Wav2Vec2FeatureExtractor default.
+PRESET_NORMALIZE = True
+
+
+def feature_normalization(name_or_path: str) -> bool:
+    """Whether ``input_values`` are normalized per utterance for this model (``do_normalize``).
+
+    A checkpoint directory's ``preprocessor_config.json`` decides; a preset, or a directory without that file,
+    uses :data:`PRESET_NORMALIZE` (and says so in the log, since a real checkpoint should carry its config).
+    """
+    from lasp.system_layout import model_dir
+
+    if os.path.isdir(str(name_or_path)):  # a lasp system directory keeps its checkpoint in shared/
+        name_or_path = model_dir(name_or_path)
+    path = os.path.join(str(name_or_path), FEATURE_EXTRACTOR_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                value = json.load(fh).get("do_normalize", True)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path}: unreadable feature-extractor config ({err})") from None
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: do_normalize must be true or false, got {value!r}")
+        return value
+    if os.path.isdir(str(name_or_path)):
+        log.warning("%s has no %s: normalizing audio per utterance (do_normalize=%s, the wav2vec 2.0 default)",
+                    name_or_path, FEATURE_EXTRACTOR_FILE, PRESET_NORMALIZE)
+    return PRESET_NORMALIZE
+
+
+def save_feature_extractor(directory: str, config, normalize: bool) -> None:
+    """Write the ``preprocessor_config.json`` a model directory's inputs were made with (read back above)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=normalize,
+                             return_attention_mask=wants_attention_mask(config)).save_pretrained(directory)
+
+
+def wants_attention_mask(config) -> bool:
+    return getattr(config, "feat_extract_norm", "layer") == "layer"
 
 
 def feature_lengths(config, input_lengths: Sequence[int] | torch.Tensor, add_adapter: bool | None = None) -> torch.Tensor:
@@ -33,26 +87,36 @@ def feature_lengths(config, input_lengths: Sequence[int] | torch.Tensor, add_ada
     return lengths.clamp(min=0)
 
 
+def receptive_field(config) -> int:
+    """Samples the feature encoder needs to produce one frame (shorter audio is zero-padded up to this)."""
+    need = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        need = (need - 1) * stride + kernel
+    return need
+
+
 def _present(items: Sequence[dict | None]) -> list[dict]:
     return [it for it in items if it is not None]
 
 
-def pad_audio(items: Sequence[dict], *, normalize: bool, attention_mask: bool) -> tuple[dict, torch.Tensor]:
+def pad_audio(items: Sequence[dict], *, normalize: bool, attention_mask: bool,
+              min_length: int = 0) -> tuple[dict, torch.Tensor]:
     """Right-pad ``input_values`` with zeros; optional per-utterance zero-mean/unit-variance normalization."""
     lengths = [len(it["input_values"]) for it in items]
     if min(lengths) == 0:
         raise DataError(f"item {items[lengths.index(0)].get('id')}: empty input_values")
-    values = torch.zeros(len(items), max(lengths), dtype=torch.float32)
-    mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
+    # NumPy, not torch: per-utterance work on small arrays gains nothing from torch's intra-op thread pool
+    values = np.zeros((len(items), max(max(lengths), min_length)), dtype=np.float32)
+    mask = np.zeros(values.shape, dtype=np.int64)
     for row, (it, n) in enumerate(zip(items, lengths)):
-        x = torch.as_tensor(np.asarray(it["input_values"], dtype=np.float32))
+        x = np.asarray(it["input_values"], dtype=np.float32)
         if normalize:  # what Wav2Vec2FeatureExtractor(do_normalize=True) does, statistics over real samples only
-            x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
         values[row, :n] = x
         mask[row, :n] = 1
-    out = {"input_values": values}
+    out = {"input_values": torch.from_numpy(values)}
     if attention_mask:
-        out["attention_mask"] = mask
+        out["attention_mask"] = torch.from_numpy(mask)
     return out, torch.tensor(lengths)
 
 
@@ -68,35 +132,22 @@ def _numpy_seed(seed_words: list[int]):
 
 
 class PretrainCollator:
-    """Batches for Wav2Vec2ForPreTraining: ``input_values``, ``attention_mask`` (layer-norm feature encoders,
-    e.g. XLSR; group-norm models are fed zero padding without a mask, as HF recommends), ``mask_time_indices``,
-    ``sampled_negative_indices`` and ``langs``. The model returns contrastive + diversity loss from these."""
+    """Batches for Wav2Vec2ForPreTraining: ``input_values``, ``attention_mask`` (layer-norm encoders),
+    ``mask_time_indices``, ``sampled_negative_indices`` and ``langs``."""
 
-    def __init__(
-        self,
-        config,
-        mask_time_prob: float = 0.65,
-        mask_time_length: int = 10,
-        num_negatives: int | None = 100,
-        seed: int = 0,
-        *,
-        min_masks: int = 2,
-        normalize: bool = True,
-        return_attention_mask: bool | None = None,
-    ):
+    def __init__(self, config, *, mask_time_prob: float, mask_time_length: int, num_negatives: int,
+                 normalize: bool, seed: int = 0, min_masks: int = 2):
         if not 0 < mask_time_prob <= 1:
             raise ConfigError(f"mask_time_prob must be in (0, 1], got {mask_time_prob}")
         if mask_time_length < 1:
             raise ConfigError(f"mask_time_length must be >= 1, got {mask_time_length}")
+        if num_negatives < 1:
+            raise ConfigError(f"num_negatives must be >= 1, got {num_negatives}")
         self.config = config
-        self.mask_time_prob, self.mask_time_length = mask_time_prob, int(mask_time_length)
-        # The model reads the number of negatives from the tensor's shape; None takes the config's value.
-        self.num_negatives = int(num_negatives if num_negatives is not None else config.num_negatives)
-        if self.num_negatives < 1:
-            raise ConfigError(f"num_negatives must be >= 1, got {self.num_negatives}")
-        self.seed, self.min_masks, self.normalize = int(seed), int(min_masks), normalize
-        self.return_attention_mask = (config.feat_extract_norm == "layer" if return_attention_mask is None
-                                      else return_attention_mask)
+        self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
+        self.num_negatives = int(num_negatives)  # the model reads the count from the tensor's shape
+        self.seed, self.min_masks, self.normalize = int(seed), int(min_masks), bool(normalize)
+        self.attention_mask = wants_attention_mask(config)
 
     def __call__(self, items: Sequence[dict | None]) -> dict | None:
         from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
@@ -104,7 +155,7 @@ class PretrainCollator:
         items = _present(items)
         if not items:
             return None
-        batch, lengths = pad_audio(items, normalize=self.normalize, attention_mask=self.return_attention_mask)
+        batch, lengths = pad_audio(items, normalize=self.normalize, attention_mask=self.attention_mask)
         frames = feature_lengths(self.config, lengths)
         n_frames = int(feature_lengths(self.config, [batch["input_values"].shape[1]])[0])
         short = [it["id"] for it, f in zip(items, frames.tolist()) if f < self.mask_time_length + 1]
@@ -124,16 +175,15 @@ class PretrainCollator:
 
 
 class CTCCollator:
-    """Batches for Wav2Vec2ForCTC: ``input_values``, ``attention_mask``, ``labels`` (padded with -100, which
-    the CTC loss ignores) and ``langs``; ``return_ids=True`` adds ``ids`` and ``texts`` for evaluation.
+    """Batches for Wav2Vec2ForCTC: ``input_values``, ``attention_mask`` (layer-norm encoders), ``labels`` (padded
+    with -100, which the CTC loss ignores) and ``langs``.
 
     ``pad_id`` is the vocabulary's pad token, which is also the CTC blank: a target containing it is rejected,
     because CTC cannot emit a blank as a label."""
 
-    def __init__(self, pad_id: int = 0, *, normalize: bool = True, return_attention_mask: bool = True,
-                 return_ids: bool = False):
-        self.pad_id, self.normalize = pad_id, normalize
-        self.return_attention_mask, self.return_ids = return_attention_mask, return_ids
+    def __init__(self, config, *, pad_id: int, normalize: bool):
+        self.pad_id, self.normalize = int(pad_id), bool(normalize)
+        self.attention_mask = wants_attention_mask(config)
 
     def __call__(self, items: Sequence[dict | None]) -> dict | None:
         items = _present(items)
@@ -148,14 +198,33 @@ class CTCCollator:
         empty = [it.get("id") for it in items if len(it["labels"]) == 0]
         if empty:
             raise DataError(f"item(s) {', '.join(map(str, empty))}: empty labels (empty transcript)")
-        batch, _ = pad_audio(items, normalize=self.normalize, attention_mask=self.return_attention_mask)
+        batch, _ = pad_audio(items, normalize=self.normalize, attention_mask=self.attention_mask)
         longest = max(len(it["labels"]) for it in items)
         labels = torch.full((len(items), longest), -100, dtype=torch.long)
         for row, it in enumerate(items):
             labels[row, : len(it["labels"])] = torch.as_tensor(it["labels"], dtype=torch.long)
         batch["labels"] = labels
         batch["langs"] = [it["lang"] for it in items]
-        if self.return_ids:
-            batch["ids"] = [it.get("id") for it in items]
-            batch["texts"] = [it.get("text") for it in items]
+        return batch
+
+
+class EvalCollator:
+    """Batches for decoding: audio as every other stage pads it, plus ``ids``, ``texts`` and ``lengths``
+    (samples), and ``unreadable`` (what :class:`lasp.data.dataset.Readable` reported for rows that could not
+    be decoded). Audio shorter than the encoder's receptive field is zero-padded up to it."""
+
+    def __init__(self, config, *, normalize: bool):
+        self.normalize = bool(normalize)
+        self.attention_mask = wants_attention_mask(config)
+        self.min_length = receptive_field(config)
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        bad = [it["unreadable"] for it in items if "unreadable" in it]
+        good = [it for it in items if "unreadable" not in it]
+        batch: dict = {"unreadable": bad, "ids": [str(it["id"]) for it in good],
+                       "texts": [it["text"] for it in good], "langs": [it["lang"] for it in good]}
+        if good:
+            inputs, lengths = pad_audio(good, normalize=self.normalize, attention_mask=self.attention_mask,
+                                        min_length=self.min_length)
+            batch.update(inputs, lengths=lengths)
         return batch

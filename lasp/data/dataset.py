@@ -45,6 +45,7 @@ class BadRow:
     lang: str
     reason: str
     message: str
+    uid: str = ""
 
     def __str__(self) -> str:
         origin = f"{self.source}:{self.row}" if self.source else f"row {self.row}"
@@ -114,13 +115,6 @@ class SpeechDataset:
         if check:
             self.check()
 
-    @classmethod
-    def from_manifests(cls, paths: Iterable[str | os.PathLike], **kwargs) -> "SpeechDataset":
-        utts: list[Utterance] = []
-        for path in paths:
-            utts.extend(read_manifest(path))
-        return cls(utts, **kwargs)
-
     # -- validation ---------------------------------------------------------------------------------------
     def text_of(self, utt: Utterance) -> str:
         return normalize_text(utt.text, utt.lang) if self.normalize else utt.text
@@ -135,7 +129,7 @@ class SpeechDataset:
                 good.append(utt)
                 continue
             reason, message = problem
-            bad = BadRow(utt.source, utt.row, utt.audio, utt.lang, reason, message)
+            bad = BadRow(utt.source, utt.row, utt.audio, utt.lang, reason, message, utt.uid)
             if self.on_bad == "error":
                 raise DataError(str(bad))
             self._report.add(bad)
@@ -184,16 +178,21 @@ class SpeechDataset:
         return len(self.utterances)
 
     def __getitem__(self, index: int) -> dict | None:
-        utt = self.utterances[index]
         try:
-            audio = self._decode(utt)
+            return self.read(index)
         except AudioError as err:
-            bad = BadRow(utt.source, utt.row, utt.audio, utt.lang, err.reason, err.detail)
+            utt = self.utterances[index]
+            bad = BadRow(utt.source, utt.row, utt.audio, utt.lang, err.reason, err.detail, utt.uid)
             if self.on_bad == "error":
                 raise DataError(str(bad)) from None
             self._report.add(bad)
             log.warning("skipping %s", bad)
             return None
+
+    def read(self, index: int) -> dict:
+        """Item ``index``; raises :class:`AudioError` when its audio cannot be decoded."""
+        utt = self.utterances[index]
+        audio = self._decode(utt)
         text = self.text_of(utt)
         item = {"input_values": audio, "lang": utt.lang, "text": text, "id": utt.uid}
         if self.vocab is not None:
@@ -220,10 +219,6 @@ class SpeechDataset:
         """Seconds per item (header or manifest duration), for length bucketing and language weights."""
         return [float(u.duration) if u.duration is not None else 0.0 for u in self.utterances]
 
-    def texts(self) -> list[str]:
-        """Normalized transcripts of the usable items (to build a vocabulary)."""
-        return [self.text_of(u) for u in self.utterances]
-
     def hours_by_language(self) -> dict[str, tuple[int, float]]:
         """{lang: (utterances, hours)} over the usable items."""
         out: dict[str, list] = {}
@@ -232,3 +227,32 @@ class SpeechDataset:
             entry[0] += 1
             entry[1] += dur / 3600
         return {lang: (n, h) for lang, (n, h) in sorted(out.items())}
+
+
+def unreadable_entry(uid: str, audio: str, reason: str, message: str) -> dict:
+    """How evaluation reports a row it could not score (results.json ``unreadable``)."""
+    return {"id": str(uid), "audio": str(audio), "reason": f"{REASONS.get(reason, reason)}: {message}"}
+
+
+class Readable:
+    """Every row of a dataset, readable or not (evaluation must account for each one).
+
+    ``__getitem__`` gives the dataset's item, or ``{"unreadable": {...}, "lang": ...}`` naming the row and why its
+    audio could not be decoded; this travels through DataLoader workers, where a dataset's own report would not.
+    """
+
+    def __init__(self, dataset: SpeechDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.dataset.read(index)
+        except AudioError as err:
+            utt = self.dataset.utterances[index]
+            if self.dataset.on_bad == "error":
+                raise DataError(str(BadRow(utt.source, utt.row, utt.audio, utt.lang, err.reason, err.detail,
+                                           utt.uid))) from None
+            return {"unreadable": unreadable_entry(utt.uid, utt.audio, err.reason, err.detail), "lang": utt.lang}

@@ -119,14 +119,16 @@ class LanguageBatchSampler:
             raise ConfigError(f"LanguageBatchSampler: max_batch_seconds must be > 0, got {max_batch_seconds}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"LanguageBatchSampler: rank {rank} is outside world_size {world_size}")
-        if durations is None:
-            if max_batch_seconds is not None or weight_by == "seconds":
-                durations = [1.0] * len(langs)  # no lengths known: every item counts as one unit
-                weight_by = "utterances" if max_batch_seconds is None else weight_by
-        if len(durations) != len(langs):
-            raise ConfigError(f"LanguageBatchSampler: {len(langs)} languages but {len(durations)} durations")
         if weight_by not in ("seconds", "utterances"):
             raise ConfigError(f"LanguageBatchSampler: weight_by must be 'seconds' or 'utterances', got {weight_by!r}")
+        if durations is None:
+            if max_batch_seconds is not None or weight_by == "seconds":
+                need = "max_batch_seconds" if max_batch_seconds is not None else "weight_by='seconds'"
+                raise ConfigError(f"LanguageBatchSampler: {need} needs durations (seconds per item); pass them, "
+                                  "or use batch_size with weight_by='utterances'")
+            durations = [1.0] * len(langs)  # unused: batches are cut by count, languages weighted by count
+        if len(durations) != len(langs):
+            raise ConfigError(f"LanguageBatchSampler: {len(langs)} languages but {len(durations)} durations")
         self.durations = [float(d) for d in durations]
         self.by_lang: dict[str, list[int]] = {}
         for i, lang in enumerate(langs):
@@ -279,7 +281,8 @@ class LanguageBatchSampler:
     def language_batches(self, lang: str, n: int | None = None, *, seed: int | None = None) -> list[list[int]]:
         """``n`` batches of ``lang`` alone (all of one shuffled pass when ``n`` is None; cycles if needed).
 
-        Independent of the stream's position: scoring a language gives the same batches on every call.
+        The one "batches of one language" helper (mask scoring, IMP, random-mask controls): seeded by
+        (seed, language), independent of the stream's position, so every caller gets the same batches.
         """
         if lang not in self.by_lang:
             raise ConfigError(f"language '{lang}' has no utterances (have: {', '.join(self.languages)})")
@@ -297,12 +300,3 @@ class LanguageBatchSampler:
                 return out
             epoch += 1
 
-
-def single_language_batches(
-    langs: Sequence[str], durations: Sequence[float] | None, lang: str, n: int | None = None, *,
-    batch_size: int | None = None, max_batch_seconds: float | None = None, seed: int = 0,
-) -> list[list[int]]:
-    """Function form of :meth:`LanguageBatchSampler.language_batches`."""
-    sampler = LanguageBatchSampler(langs, durations, batch_size=batch_size, max_batch_seconds=max_batch_seconds,
-                                   seed=seed)
-    return sampler.language_batches(lang, n)

@@ -10,25 +10,39 @@ system decides what trains: everything (shared), each language's sub-network
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from lasp.config import RecipeConfig, stage_run_dir
-from lasp.models import load_model
+from lasp.data.collate import feature_normalization
+from lasp.data.pipeline import ctc_collator, load_vocab, make_dataset, make_sampler, read_split, recipe_loader
+from lasp.errors import ConfigError
+from lasp.models import is_preset, load_model
+from lasp.objective import batch_loss
 from lasp.system_layout import is_model_dir
 from lasp.train import distributed as D
-from lasp.train.data import (SamplerStream, ctc_inputs, language_batches, load_vocab, make_dataset, make_sampler,
-                             read_split)
+from lasp.train.batches import LoaderStream
 from lasp.train.loop import Batch, train_loop
 from lasp.train.setup import export_final, resolve_masks, start_stage
 from lasp.train.systems import System, build_system
 
+log = logging.getLogger(__name__)
+FROM_PRETRAIN = "pretrain"  # finetune.init: this recipe's pre-training output
 
-def finetune_init(cfg: RecipeConfig) -> str:
-    """finetune.init, else the pre-training stage's output when it exists, else model.name."""
-    if cfg.finetune.init:
-        return cfg.finetune.init
-    pre = stage_run_dir(cfg, "pretrain") / "final"
-    return str(pre) if is_model_dir(pre) else cfg.model.name
+
+def finetune_init(cfg: RecipeConfig) -> tuple[str, str]:
+    """(start point, why): ``finetune.init`` — a model directory, a preset, or ``pretrain`` for this recipe's
+    pre-training output (which must exist); null means ``model.name``. Nothing is guessed from what is on disk."""
+    init = cfg.finetune.init
+    if init == FROM_PRETRAIN:
+        pre = stage_run_dir(cfg, "pretrain") / "final"
+        if not is_model_dir(pre):
+            raise ConfigError(f"key 'finetune.init' is 'pretrain' but {pre} holds no pre-trained model "
+                              "(run `lasp pretrain` with this recipe first)")
+        return str(pre), "finetune.init: pretrain (this recipe's pre-training output)"
+    if init:
+        return init, "finetune.init"
+    return cfg.model.name, "finetune.init is null: model.name"
 
 
 def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:
@@ -36,10 +50,21 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     f = cfg.finetune
     info = start_stage(cfg)
     run_dir = stage_run_dir(cfg, "finetune")
-    init = finetune_init(cfg)
+    init, why = finetune_init(cfg)
+    start = f"fine-tuning starts from {init} ({why})"
+    if is_preset(init):
+        start += " — a preset: randomly initialised weights, no pre-training"
+    if info.is_main:
+        if is_preset(init):
+            log.warning("%s", start)
+        elif progress:
+            print(start)
 
     utts = read_split(cfg.data, "train")
-    vocab = load_vocab(cfg.data, utts, run_dir)
+    # rank 0 builds and saves the vocabulary; the others read it (concurrent writers could read a half-written file)
+    vocab = load_vocab(cfg.data, utts, run_dir) if info.is_main else None
+    D.barrier(info)
+    vocab = vocab if vocab is not None else load_vocab(cfg.data, utts, run_dir)
     dataset = make_dataset(cfg.data, utts, vocab)
     languages = sorted(set(dataset.langs))
     model = load_model(init, head="ctc", **{
@@ -51,24 +76,19 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         model.freeze_feature_encoder()
     model.to(info.device)
 
-    def build(items, step):
-        return ctc_inputs(model, [it["input_values"] for it in items], [it["labels"] for it in items])
+    normalize = feature_normalization(init)
 
-    batch_size = cfg.data.batch_size or 4
-
-    def batches_for(lang: str, count: int) -> list:
-        return language_batches(dataset, lang, batch_size, build, count, seed=cfg.seed)
-
-    masks = resolve_masks(cfg, f.system, model, languages, run_dir, init, batches_for, info, progress)
+    masks = resolve_masks(cfg, f.system, model, languages, run_dir, init, info, progress)
     system = build_system(f.system, model, languages, masks=masks, adapter_dim=cfg.adapters.dim,
                           freeze_base=cfg.adapters.freeze_base)
     mixed = cfg.data.mixed and f.system != "adapters"  # adapters run one language per batch
     sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size, mixed=mixed)
-    stream = SamplerStream(dataset, sampler, build, device=info.device)
+    loader = recipe_loader(cfg.data, dataset, sampler, ctc_collator(model.config, vocab, normalize), info.device)
+    stream = LoaderStream(loader, sampler, device=info.device)
 
     def loss_fn(sys: System, batch: Batch, step: int):
-        out = sys(**batch.inputs)
-        return out.loss, 1.0, {}
+        _, loss, weight = batch_loss(sys, batch.inputs)
+        return loss, weight, {}
 
     if info.is_main and progress:
         print(system.summary())
@@ -79,8 +99,9 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()
                    if k != "history"}
         trainable = sum(p.numel() for _, p in system.named_trainable())
-        summary.update(stage="finetune", system=f.system, init=init, languages=languages,
-                       trainable_parameters=trainable)
-        final = export_final(system, run_dir, cfg, summary, extra=lambda d: vocab.save(d))
+        summary.update(stage="finetune", system=f.system, init=init, init_from=why, languages=languages,
+                       trainable_parameters=trainable, normalize=normalize)
+
+        final = export_final(system, run_dir, cfg, summary, extra=vocab.save)
     D.barrier(info)
     return final

@@ -16,10 +16,12 @@ import warnings
 from pathlib import Path
 
 from lasp.config import RecipeConfig, stage_run_dir
+from lasp.data.collate import feature_normalization
+from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
 from lasp.models import load_model
+from lasp.objective import batch_loss
 from lasp.train import distributed as D
-from lasp.train.data import (language_batches, make_dataset, make_sampler, pretrain_inputs, read_split,
-                             SamplerStream, step_rng)
+from lasp.train.batches import LoaderStream
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature
 from lasp.train.setup import export_final, resolve_masks, start_stage
@@ -39,22 +41,13 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     utts = read_split(cfg.data, "train")
     dataset = make_dataset(cfg.data, utts)
     languages = sorted(set(dataset.langs))
+    normalize = feature_normalization(init)
 
-    def build(items, step, salt="pretrain"):
-        return pretrain_inputs(model, [it["input_values"] for it in items], mask_time_prob=p.mask_time_prob,
-                               mask_time_length=p.mask_time_length, num_negatives=p.num_negatives,
-                               rng=step_rng(cfg.seed, step, info.rank, salt))
-
-    batch_size = cfg.data.batch_size or 4
-
-    def batches_for(lang: str, count: int) -> list:
-        return language_batches(dataset, lang, batch_size, lambda items, b: build(items, b, "masks:" + lang),
-                                count, seed=cfg.seed)
-
-    masks = resolve_masks(cfg, p.system, model, languages, run_dir, init, batches_for, info, progress)
+    masks = resolve_masks(cfg, p.system, model, languages, run_dir, init, info, progress)
     system = build_system(p.system, model, languages, masks=masks)
     sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size)
-    stream = SamplerStream(dataset, sampler, build, device=info.device)
+    loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
+    stream = LoaderStream(loader, sampler, device=info.device)
     codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
     collapse = {"warned": False}
 
@@ -62,8 +55,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
 
     def loss_fn(sys: System, batch: Batch, step: int):
-        out = sys(**batch.inputs)
-        frames = float(batch.inputs["mask_time_indices"].sum())
+        out, loss, frames = batch_loss(sys, batch.inputs)
         ppl = float(out.codevector_perplexity.detach())
         if ppl < p.perplexity_warn * codebook and not collapse["warned"] and info.is_main:
             warnings.warn(f"pretrain step {step}: codevector perplexity {ppl:.1f} is below "
@@ -74,7 +66,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
                    "diversity": float(out.diversity_loss.detach()) / max(frames, 1.0), "ppl": ppl,
                    "ppl_collapsed": float(ppl < p.perplexity_warn * codebook),
                    "gumbel_temp": float(model.quantizer.temperature), "masked_frames": frames}
-        return out.loss, frames, metrics
+        return loss, frames, metrics
 
     if info.is_main and progress:
         print(system.summary())
@@ -85,7 +77,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     if info.is_main:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()
                    if k != "history"}
-        summary.update(stage="pretrain", system=p.system, init=init, languages=languages)
+        summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
         final = export_final(system, run_dir, cfg, summary)
     D.barrier(info)
     return final

@@ -15,7 +15,7 @@ from lasp.config import RecipeConfig, save_recipe
 from lasp.cpu import apply_cpu_settings
 from lasp.masks import CONFIG_NAME, LanguageMasks
 from lasp.train import distributed as D
-from lasp.train.systems import System, random_masks_like
+from lasp.train.systems import System
 
 
 def start_stage(cfg: RecipeConfig) -> D.DistInfo:
@@ -33,15 +33,17 @@ def _is_mask_dir(path: str | Path | None) -> bool:
 
 
 def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, languages: Sequence[str],
-                  run_dir: Path, init: str, batches_for: Callable[[str, int], list], info: D.DistInfo,
-                  progress: bool = True) -> LanguageMasks | None:
+                  run_dir: Path, init: str, info: D.DistInfo, progress: bool = True) -> LanguageMasks | None:
     """The mask set a masked system trains with, searched (and saved) when there is none yet.
 
     lasp: ``masks.dir`` if it holds a mask set; else the masks the ``init`` model was trained with
-    (``<init>/masks``); else a search on ``model`` (one-shot scoring or IMP) saved to ``masks.dir`` (or
-    ``<run_dir>/masks-lasp``). random: random masks with the per-tensor density of that lasp set when
-    one exists, else at ``masks.sparsity``, saved to ``<run_dir>/masks-random``.
+    (``<init>/masks``); else :func:`lasp.mask_search.search_masks` on ``init`` (what ``lasp prune`` runs for
+    the same recipe) saved to ``masks.dir`` (or ``<run_dir>/masks-lasp``). random: random masks with the
+    per-tensor density of that lasp set when one exists, else at ``masks.sparsity``, saved to
+    ``<run_dir>/masks-random``.
     """
+    from lasp.mask_search import random_masks, random_masks_like, search_masks
+
     if system not in ("lasp", "random"):
         return None
     m = cfg.masks
@@ -52,11 +54,7 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
             if source is not None:
                 masks = random_masks_like(LanguageMasks.load(source, languages), cfg.seed)
             else:
-                from lasp.pruning import make_language_masks
-
-                masks = make_language_masks(model, {l: None for l in languages}, scorer="random",
-                                            sparsity=m.sparsity, scope="per-tensor", targets=m.targets,
-                                            seed=cfg.seed, base_model=init, progress=False)
+                masks = random_masks(model, languages, cfg, base_model=init)
             masks.save(out)
         D.barrier(info)
         return LanguageMasks.load(out, languages)
@@ -64,21 +62,7 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
         return LanguageMasks.load(source, languages)
     out = Path(m.dir) if m.dir else run_dir / "masks-lasp"
     if info.is_main:
-        batches = {l: batches_for(l, m.max_batches) for l in languages}
-        if m.method == "imp":
-            from lasp.train.imp import imp_language_masks
-
-            masks = imp_language_masks(model, batches, sparsity=m.sparsity, rounds=m.imp_rounds,
-                                       steps=m.imp_steps, lr=m.imp_lr, scope=m.scope, pattern=m.pattern,
-                                       targets=m.targets, seed=cfg.seed, base_model=init,
-                                       data=cfg.data.train, progress=progress)
-        else:
-            from lasp.pruning import make_language_masks
-
-            masks = make_language_masks(model, batches, scorer=m.scorer, sparsity=m.sparsity, scope=m.scope,
-                                        pattern=m.pattern, max_batches=m.max_batches, targets=m.targets,
-                                        seed=cfg.seed, base_model=init, data=cfg.data.train, progress=progress)
-        masks.save(out)
+        search_masks(cfg, init, languages, device=info.device, progress=progress).save(out)
     D.barrier(info)
     return LanguageMasks.load(out, languages)
 
@@ -91,7 +75,7 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
     next stage and exports normalize audio the same way); a fine-tuned system (``extra`` wrote vocab.json) also
     gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.export`).
     """
-    from lasp.export import training_normalization, write_feature_extractor
+    from lasp.data.collate import feature_normalization, save_feature_extractor
     from lasp.system_layout import SHARED_SUBDIR
 
     final = run_dir / "final"
@@ -99,8 +83,8 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
     if tmp.exists():
         shutil.rmtree(tmp)
     system.save(tmp)
-    normalize = training_normalization(summary.get("init"))
-    write_feature_extractor(tmp / SHARED_SUBDIR, system.model.config, normalize)
+    normalize = summary["normalize"] if "normalize" in summary else feature_normalization(summary["init"])
+    save_feature_extractor(str(tmp / SHARED_SUBDIR), system.model.config, normalize)
     if extra is not None:
         extra(tmp)
     if (tmp / "vocab.json").is_file():

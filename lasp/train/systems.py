@@ -8,7 +8,7 @@
 A System exposes ``set_language(langs)``, ``forward``, the parameters to
 optimise, a wrapped optimizer (confined for masked systems), the tensors a
 checkpoint holds, and ``save(dir)`` for the final model (layout: :mod:`lasp.system_layout`).
-``load_system(dir)`` reads any of them back.
+``lasp.trained.load_trained(dir)`` reads any of them back for inference.
 """
 from __future__ import annotations
 
@@ -24,11 +24,9 @@ from lasp.baselines.adapters import ADAPTERS_CONFIG, LanguageAdapters
 from lasp.confine import ConfinedOptimizer
 from lasp.errors import ConfigError
 from lasp.masked import MASKS_SUBDIR as WRAPPER_MASKS_SUBDIR
-from lasp.masked import WRAPPER_CONFIG, MaskedModel
+from lasp.masked import MaskedModel
 from lasp.masks import LanguageMasks
-from lasp.scoring import language_seed
-from lasp.system_layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE, read_marker
-
+from lasp.system_layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE
 
 
 class System:
@@ -123,23 +121,6 @@ class System:
         return line
 
 
-def random_masks_like(masks: LanguageMasks, seed: int) -> LanguageMasks:
-    """Random masks keeping, per language and tensor, exactly as many weights as ``masks`` does."""
-    dense = {}
-    for lang in masks.languages:
-        gen = torch.Generator().manual_seed(language_seed(seed, lang))
-        dense[lang] = {}
-        for name, m in masks[lang].items():
-            keep = int(m.sum())
-            order = torch.randperm(m.numel(), generator=gen)
-            flat = torch.zeros(m.numel(), dtype=torch.bool)
-            flat[order[:keep]] = True
-            dense[lang][name] = flat.view(m.shape)
-    return LanguageMasks.from_dense(dense, base_model=masks.metadata.get("base_model"), scorer="random",
-                                    data=None, sparsity={l: masks.sparsity(l) for l in masks.languages},
-                                    extra={"matched_to": "per-tensor density of a lasp mask set", "seed": seed})
-
-
 def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks: LanguageMasks | None = None,
                  adapter_dim: int = 16, freeze_base: bool = True) -> System:
     if name == "shared":
@@ -154,40 +135,3 @@ def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks
     if name == "adapters":
         return System(name, model, LanguageAdapters(model, list(languages), dim=adapter_dim, freeze_base=freeze_base))
     raise ConfigError(f"unknown system {name!r}")
-
-
-def load_system(directory: str | os.PathLike, head: str = "ctc", device: torch.device | str = "cpu") -> System:
-    """Read back what ``System.save`` wrote (or a plain HF checkpoint directory, as a shared system)."""
-    from lasp.models import load_model
-
-    directory = Path(directory)
-    marker = read_marker(directory)
-    if marker is None or int(marker.get("layout", 1)) < LAYOUT_VERSION:
-        return _load_legacy(directory, head, device, marker)
-    name = marker["system"]
-    model = load_model(str(directory / marker.get("model", SHARED_SUBDIR)), head=head).to(device)
-    if marker.get("masks"):
-        masks = LanguageMasks.load(directory / marker["masks"], marker.get("languages"))
-        targets = [f"^{n.replace('.', '[.]')}$" for n in marker["targets"]] if marker.get("targets") else None
-        mm = MaskedModel(model, masks, target_modules=targets, mode=marker.get("mode", "auto"))
-        return System(name, mm.model, mm)
-    if marker.get("adapters"):
-        return System(name, model, LanguageAdapters.load(model, directory))
-    return System(name, model)
-
-
-def _load_legacy(directory: Path, head: str, device, marker: dict | None) -> System:
-    """Directories written before the ``shared/`` layout: the HF checkpoint at the top level."""
-    from lasp.models import load_model
-
-    if not (directory / "config.json").is_file():
-        raise ConfigError(f"{directory}: not a trained system or model directory (no {SYSTEM_FILE}, no config.json)")
-    name = marker["system"] if marker else "shared"
-    if (directory / WRAPPER_CONFIG).is_file():
-        mm = MaskedModel.from_pretrained(directory, head=head)
-        mm.model.to(device)
-        return System(name, mm.model, mm)
-    model = load_model(str(directory), head=head).to(device)
-    if (directory / ADAPTERS_CONFIG).is_file():
-        return System(name, model, LanguageAdapters.load(model, directory))
-    return System(name, model)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
 from lasp.masks import LanguageMasks
+from lasp.objective import batch_loss
 from lasp.pruning import prune
 from lasp.targets import select_targets
 
@@ -24,16 +25,6 @@ from lasp.targets import select_targets
 def round_sparsity(final: float, r: int, rounds: int) -> float:
     """Sparsity after round r (1-based) of ``rounds`` on the way to ``final``."""
     return 1.0 - (1.0 - final) ** (r / rounds)
-
-
-def _loss(model: nn.Module, batch: Mapping) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.items() if k not in ("langs", "lang")}
-    out = model(**inputs)
-    if out.loss is None:
-        raise ConfigError(f"{type(model).__name__} returned no loss for an IMP batch")
-    if "mask_time_indices" in inputs:  # pre-training loss is summed over masked frames
-        return out.loss / inputs["mask_time_indices"].sum().clamp(min=1)
-    return out.loss
 
 
 def imp_language_masks(
@@ -59,10 +50,11 @@ def imp_language_masks(
     shared = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     dense: dict[str, dict[str, torch.Tensor]] = {}
+    skipped: dict[str, int] = {}
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
         for lang in tqdm(list(batches_by_lang), desc="imp languages", disable=None if progress else True):
-            batches = list(batches_by_lang[lang])
+            batches = [b for b in batches_by_lang[lang] if b is not None]
             if not batches:
                 raise ConfigError(f"IMP: no batches for language {lang!r}")
             mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
@@ -76,9 +68,11 @@ def imp_language_masks(
                 opt = torch.optim.Adam(trainable, lr=lr)
                 model.train()
                 for k in range(steps):
-                    loss = _loss(model, batches[k % len(batches)])
+                    _, loss, frames = batch_loss(model, batches[k % len(batches)])
+                    loss = loss / max(frames, 1.0)  # per masked frame / per utterance, whatever the batch size
                     opt.zero_grad(set_to_none=True)
                     if not torch.isfinite(loss):
+                        skipped[lang] = skipped.get(lang, 0) + 1  # counted into the mask set's metadata
                         continue
                     loss.backward()
                     for n, p in params.items():
@@ -100,5 +94,6 @@ def imp_language_masks(
     return LanguageMasks.from_dense(
         dense, base_model=base_model, scorer="magnitude", data=data, sparsity={l: sparsity for l in dense},
         extra={"method": "imp", "rounds": rounds, "steps_per_round": steps, "lr": lr, "scope": scope,
-               "pattern": pattern, "seed": seed, "targets": list(targets) if targets else "default"},
+               "pattern": pattern, "seed": seed, "targets": list(targets) if targets else "default",
+               "skipped_nonfinite": {l: skipped.get(l, 0) for l in dense}},
     )

@@ -1,0 +1,101 @@
+"""From a recipe's data section to DataLoaders: manifests, datasets, the vocabulary, the sampler, the collators.
+
+Every stage (mask search, pre-training, fine-tuning, evaluation, ``lasp data bench``) builds its batches through
+these functions, so the same audio becomes the same ``input_values`` everywhere (see :mod:`lasp.data.collate`).
+Batches come from a ``torch.utils.data.DataLoader`` whose ``batch_sampler`` decides the indices: decoding,
+resampling and collating run in ``data.num_workers`` worker processes, ``data.prefetch_factor`` batches ahead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from lasp.config_schema import DataConfig
+from lasp.errors import ConfigError, DataError
+
+
+def read_split(data: DataConfig, split: str, languages: Sequence[str] | None = None):
+    """The utterances of ``data.<split>`` restricted to ``languages`` (or data.languages)."""
+    from lasp.data.manifest import read_manifest
+
+    path = getattr(data, split)
+    if not path:
+        raise ConfigError(f"key 'data.{split}' is required here (a manifest path)")
+    utts = read_manifest(path)
+    wanted = list(languages or data.languages)
+    if wanted:
+        present = {u.lang for u in utts}
+        missing = [l for l in wanted if l not in present]
+        if missing:
+            raise DataError(f"{path}: no utterances for language {missing[0]!r} (has {', '.join(sorted(present))})")
+        utts = [u for u in utts if u.lang in set(wanted)]
+    if not utts:
+        raise DataError(f"{path}: no utterances")
+    return utts
+
+
+def load_vocab(data: DataConfig, train_utts, fallback_dir: str | Path):
+    """The shared character vocabulary: data.vocab if it holds one, else built from the training text and saved."""
+    from lasp.data.text import Vocabulary, normalize_text
+
+    target = Path(data.vocab) if data.vocab else Path(fallback_dir)
+    if (target / "vocab.json").is_file():
+        return Vocabulary.load(target)
+    vocab = Vocabulary.build(normalize_text(u.text, u.lang) for u in train_utts)
+    vocab.save(target)
+    return vocab
+
+
+def make_dataset(data: DataConfig, utts, vocab=None):
+    """Training data: rows longer than data.max_seconds (or unspellable with ``vocab``) are skipped and counted."""
+    from lasp.data.dataset import SpeechDataset
+
+    ds = SpeechDataset(utts, vocab=vocab, on_bad=data.on_bad, max_seconds=data.max_seconds)
+    if len(ds) == 0:
+        raise DataError(f"no usable utterances in {utts[0].source if utts else 'the manifest'}")
+    return ds
+
+
+def make_sampler(data: DataConfig, dataset, seed: int, rank: int = 0, world_size: int = 1,
+                 mixed: bool | None = None):
+    from lasp.data.sampler import LanguageBatchSampler
+
+    return LanguageBatchSampler(list(dataset.langs), list(dataset.durations), batch_size=data.batch_size,
+                                max_batch_seconds=data.max_batch_seconds, alpha=data.alpha,
+                                mixed=data.mixed if mixed is None else mixed, seed=seed, rank=rank,
+                                world_size=world_size)
+
+
+def make_loader(dataset, batches: Iterable[list[int]], collator, *, num_workers: int = 0, prefetch_factor: int = 2,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` taking its index batches from ``batches`` (a sampler or a list)."""
+    if num_workers < 0:
+        raise ConfigError(f"key 'data.num_workers' must be >= 0, got {num_workers}")
+    if prefetch_factor < 1:
+        raise ConfigError(f"key 'data.prefetch_factor' must be >= 1, got {prefetch_factor}")
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collator, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None)
+
+
+def recipe_loader(data: DataConfig, dataset, batches, collator, device: torch.device | str = "cpu"):
+    """:func:`make_loader` with the recipe's worker settings; pinned memory when batches go to a GPU."""
+    return make_loader(dataset, batches, collator, num_workers=data.num_workers,
+                       prefetch_factor=data.prefetch_factor, pin_memory=torch.device(device).type == "cuda")
+
+
+def pretrain_collator(cfg, model_config, normalize: bool):
+    """Pre-training batches with the recipe's span masking and negatives (pretrain.*), seeded by ``cfg.seed``."""
+    from lasp.data.collate import PretrainCollator
+
+    p = cfg.pretrain
+    return PretrainCollator(model_config, mask_time_prob=p.mask_time_prob, mask_time_length=p.mask_time_length,
+                            num_negatives=p.num_negatives, normalize=normalize, seed=cfg.seed)
+
+
+def ctc_collator(model_config, vocab, normalize: bool):
+    from lasp.data.collate import CTCCollator
+
+    return CTCCollator(model_config, pad_id=vocab.pad_id, normalize=normalize)
