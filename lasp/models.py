@@ -114,6 +114,8 @@ def checkpoint_heads(name_or_path: str) -> list[str]:
 
 def check_head(name_or_path: str, head: str) -> None:
     """A checkpoint directory must have been saved with ``head`` (else that head would be random weights)."""
+    if os.path.isdir(name_or_path):
+        name_or_path = str(model_dir(name_or_path))
     if head == "base" or is_preset(name_or_path) or not os.path.isfile(os.path.join(name_or_path, "config.json")):
         return  # load_model itself reports a path that is not a checkpoint
     if head not in checkpoint_heads(name_or_path):

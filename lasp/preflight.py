@@ -36,10 +36,12 @@ def check_text_file(key: str, path: str | os.PathLike) -> None:
 def check_model_source(key: str, name: str) -> None:
     """A model folder holds config.json and weights (presets and missing folders are load_model's to judge)."""
     from lasp.models import is_preset
+    from lasp.system_layout import model_dir
 
     p = Path(name)
     if is_preset(name) or not p.is_dir():
         return
+    p = model_dir(p)  # a trained system directory keeps its checkpoint in shared/
     if not (p / "config.json").is_file():
         raise ConfigError(f"{key}: {p} has no config.json; give a Hugging Face model folder or a preset")
     if not any((p / w).is_file() for w in WEIGHT_FILES):

@@ -60,15 +60,18 @@ def _without_lasp(export_dir, audio_path) -> dict:
 
 
 def _masked_logits(final, lang, audio):
-    from lasp.export import feature_extractor, training_normalization
-    from lasp.train.systems import load_system
+    """The masked model's logits for ``audio``, fed by lasp's own evaluation batching."""
+    from lasp.data.collate import EvalCollator, feature_normalization
+    from lasp.trained import load_trained
 
-    system = load_system(final, head="ctc")
+    system = load_trained(final, head="ctc")
     system.train(False)
     system.set_language(lang)
-    fe = feature_extractor(system.model.config, training_normalization(final))
+    collate = EvalCollator(system.model.config, normalize=feature_normalization(final))
+    batch = collate([{"id": "x", "text": "", "lang": lang, "input_values": audio}])
+    inputs = {k: batch[k] for k in ("input_values", "attention_mask") if k in batch}
     with torch.no_grad():
-        return system(**fe(audio, sampling_rate=16000, return_tensors="pt")).logits[0]
+        return system(**inputs).logits[0]
 
 
 def test_final_language_export_runs_in_plain_transformers(finetuned, tmp_path):

@@ -118,8 +118,6 @@ def test_fresh_does_not_delete_a_user_corpus_inside_output_dir(user_run, tmp_pat
     assert _sha256(corpus) == user_run["before"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the pipeline branch's evaluate: results.json per language "
-                                        "'utterances' and 'unreadable' (OWNERSHIP.md contract), no vocabulary filter")
 def test_every_test_utterance_is_scored_or_reported(user_run):
     out = user_run["out"]
     text = user_run["report"].read_text()
@@ -132,4 +130,5 @@ def test_every_test_utterance_is_scored_or_reported(user_run):
         assert [Path(r["audio"]).name for r in de["unreadable"]] == [CORRUPT]
         assert all(r["reason"] for r in es["unreadable"] + de["unreadable"])
     assert MISSING in text and CORRUPT in text
-    assert "| es | 2 | 1 | 1 |" in text
+    assert "| es | 3 | 2 |" in text and "| de | 3 | 2 |" in text  # listed, scored
+    assert "neither scored nor reported" not in text

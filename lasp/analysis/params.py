@@ -58,6 +58,9 @@ def resolve_config(model_name_or_config: Any) -> PretrainedConfig:
     if is_preset(name):
         return preset_config(name)
     if os.path.isdir(name):
+        from lasp.system_layout import model_dir
+
+        name = os.fspath(model_dir(name))  # a trained system directory keeps its checkpoint in shared/
         if not os.path.isfile(os.path.join(name, "config.json")):
             raise ConfigError(f"{name}: no config.json; not a Hugging Face checkpoint directory")
         return transformers.AutoConfig.from_pretrained(name, local_files_only=True)
