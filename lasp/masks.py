@@ -4,7 +4,9 @@ A mask set on disk is a directory::
 
     mask_config.json            format version, base model, languages, parameter
                                 names and shapes, sparsity per language, scorer,
-                                data, packing
+                                data, packing; per language: what made it
+                                (``provenance``), the file's sha256 and the kept
+                                count, checked on every load
     masks.<lang>.safetensors    bit-packed uint8 tensors keyed by parameter name
 
 Masks stay bit-packed in memory (1 bit per weight, layout of :mod:`lasp.bits`)
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from typing import Iterable, Mapping
 
@@ -25,22 +26,46 @@ from safetensors.torch import save_file
 
 from lasp import __version__
 from lasp.bits import pack_bits, packed_shape, popcount, unpack_bits
-from lasp.errors import MaskError
+from lasp.errors import LaspError, MaskError
+from lasp.locks import locked
+from lasp.provenance import check_language_code, legacy_record, mask_record, sha256_file
 from lasp.targets import canonical_parameters
 
 FORMAT = "lasp-masks"
 FORMAT_VERSION = 1
 CONFIG_NAME = "mask_config.json"
-_LANG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# set-wide fields that stay set-wide only while every language agrees on them (else "mixed": see provenance)
+_SET_WIDE = ("base_model", "scorer", "data", "requested_sparsity", "scope", "pattern", "method", "targets", "seed")
 
 
 def mask_file_name(lang: str) -> str:
     return f"masks.{lang}.safetensors"
 
 
-def _check_language_code(lang: str) -> None:
-    if not isinstance(lang, str) or not _LANG_RE.match(lang):
-        raise MaskError(f"language code {lang!r} cannot name a mask file (letters, digits, '_', '-', '.')")
+def _check_language_code(lang: str, where: str = "") -> None:
+    # a language names a file inside the set's folder: nothing that could leave it ('../x', '/', ...)
+    try:
+        check_language_code(lang, where)
+    except LaspError as err:
+        raise MaskError(f"{err}; it cannot name a mask file") from None
+
+
+def mask_files_in(directory: str | os.PathLike) -> list[str]:
+    """Mask files (``masks.*.safetensors``) in ``directory``."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(f for f in os.listdir(directory) if f.startswith("masks.") and f.endswith(".safetensors"))
+
+
+def check_mask_dir(directory: str | os.PathLike | None) -> None:
+    """Refuse a folder holding mask files but no mask_config.json: not ours to search into and overwrite."""
+    if directory and not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        files = mask_files_in(directory)
+        if files:
+            raise MaskError(f"{directory} holds mask files ({', '.join(files[:3])}) but no {CONFIG_NAME}, so "
+                            "lasp cannot tell what made them and will not overwrite them; point masks.dir "
+                            "(or --out) at another folder, or restore the config")
 
 
 def _atomic_write_json(path: str, data: dict) -> None:
@@ -219,60 +244,146 @@ class LanguageMasks:
                                 f"{list(params[name].shape)}")
 
     # ------------------------------------------------------------------ disk format
+    def records(self) -> dict[str, dict]:
+        """Per-language provenance: what made each language's mask (scorer, sparsity, data, base model, ...)."""
+        stored = self.metadata.get("provenance") or {}
+        return {lang: dict(stored.get(lang) or mask_record(self.metadata, lang)) for lang in self.languages}
+
     def config(self) -> dict:
+        records = self.records()
+        meta = {k: v for k, v in self.metadata.items()
+                if k not in ("format", "format_version", "lasp_version", "provenance", "checksums", "kept",
+                             "available_languages")}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "lasp_version": __version__,
-            **{k: v for k, v in self.metadata.items() if k not in ("format", "format_version", "lasp_version")},
+            **meta,
             "languages": self.languages,
             "parameters": {name: list(shape) for name, shape in self._shapes.items()},
             "sparsity": {lang: round(self.sparsity(lang), 6) for lang in self.languages},
+            "kept": {lang: self.kept(lang) for lang in self.languages},
+            "provenance": records,
             "packing": {"dtype": "uint8", "axis": -1, "bitorder": "little", "bits_per_weight": 1,
                         "file": "masks.<lang>.safetensors"},
         }
 
-    def save(self, directory: str | os.PathLike) -> str:
-        """Write the mask set; languages already in an existing set there are kept."""
+    def save(self, directory: str | os.PathLike, mode: str = "merge") -> str:
+        """Write the mask set.
+
+        ``mode="merge"``: languages of an existing set there that this one does not have are kept, each with
+        its own provenance record (set-wide fields become ``"mixed"`` where languages disagree);
+        ``"new"``: refuse a folder that already holds a mask set. A folder with mask files but no config is
+        always refused. One writer at a time (a lock in the folder).
+        """
+        if mode not in ("merge", "new"):
+            raise MaskError(f"unknown save mode {mode!r}")
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        config = self.config()
-        existing_path = os.path.join(directory, CONFIG_NAME)
-        if os.path.isfile(existing_path):
-            old = _read_config(directory)
-            if old["parameters"] != config["parameters"]:
-                raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
-            for lang in old["languages"]:
-                if lang not in config["languages"]:
-                    config["languages"].append(lang)
-                    config["sparsity"][lang] = old.get("sparsity", {}).get(lang)
-        for lang in self.languages:
-            path = os.path.join(directory, mask_file_name(lang))
-            tmp = path + ".tmp"
-            save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
-                      metadata={"format": FORMAT, "language": lang})
-            os.replace(tmp, path)
-        _atomic_write_json(existing_path, config)
+        with locked(directory, "mask set"):
+            check_mask_dir(directory)
+            config = self.config()
+            existing_path = os.path.join(directory, CONFIG_NAME)
+            if os.path.isfile(existing_path):
+                old = _read_config(directory)
+                if mode == "new":
+                    raise MaskError(f"{directory} already holds a mask set ({', '.join(old['languages'])})")
+                if old["parameters"] != config["parameters"]:
+                    raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
+                _merge_old(config, old)
+            config["checksums"] = dict(config.get("checksums", {}))
+            for lang in self.languages:
+                path = os.path.join(directory, mask_file_name(lang))
+                tmp = path + f".tmp{os.getpid()}"
+                save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
+                          metadata={"format": FORMAT, "language": lang})
+                config["checksums"][lang] = sha256_file(tmp)
+                os.replace(tmp, path)
+            _atomic_write_json(existing_path, config)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, languages: Iterable[str] | None = None) -> "LanguageMasks":
-        """Read a mask set; only the files of ``languages`` (default: all) are opened."""
+        """Read a mask set; only the files of ``languages`` (default: all) are opened.
+
+        Each file's sha256 and kept count are checked against ``mask_config.json`` (a changed byte is an
+        error naming the file); every language name must be a plain code (it names a file in this folder).
+        """
         directory = os.fspath(directory)
         config = _read_config(directory)
         known = config["languages"]
+        for lang in known:
+            _check_language_code(lang, f"{os.path.join(directory, CONFIG_NAME)}: languages")
         wanted = list(known) if languages is None else list(languages)
         for lang in wanted:
             if lang not in known:
                 raise MaskError(f"unknown language {lang!r} in {directory}; it has: {', '.join(known)}")
         shapes = {name: tuple(shape) for name, shape in config["parameters"].items()}
-        metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing")}
+        metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing",
+                                                                  "checksums", "kept")}
+        metadata["provenance"] = {lang: (config.get("provenance") or {}).get(lang) or legacy_record(config, lang)
+                                  for lang in known}
         metadata["available_languages"] = list(known)
         masks = cls({}, shapes, metadata)
         for lang in wanted:
             path = os.path.join(directory, mask_file_name(lang))
+            expected = (config.get("checksums") or {}).get(lang)
+            if expected is not None and os.path.isfile(path) and sha256_file(path) != expected:
+                raise MaskError(f"{path}: corrupt or changed: its sha256 differs from the one {CONFIG_NAME} "
+                                "records; restore the file or search this language's mask again")
             masks._packed[lang] = masks._checked(lang, _read_tensors(path), where=path)
+            _check_counts(masks, lang, config, path)
         return masks
+
+
+def _merge_old(config: dict, old: dict) -> None:
+    """Keep an existing set's other languages with their own records; set-wide fields only when uniform."""
+    old_records = old.get("provenance") or {}
+    for lang in old["languages"]:
+        if lang in config["languages"]:
+            continue
+        config["languages"].append(lang)
+        config["sparsity"][lang] = (old.get("sparsity") or {}).get(lang)
+        if "kept" in old:
+            config["kept"][lang] = old["kept"].get(lang)
+        config["provenance"][lang] = old_records.get(lang) or legacy_record(old, lang)
+        if lang in (old.get("checksums") or {}):
+            config.setdefault("checksums", {})[lang] = old["checksums"][lang]
+    for key in _SET_WIDE:
+        values = []
+        for lang in config["languages"]:
+            rec = config["provenance"][lang]
+            values.append(rec.get("sparsity") if key == "requested_sparsity" else rec.get(key))
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+            config[key] = "mixed"  # per-language values: config["provenance"][lang]
+        elif key in config or key in old:
+            config[key] = values[0] if key != "requested_sparsity" else config.get(key)
+
+
+def _check_counts(masks: "LanguageMasks", lang: str, config: dict, path: str) -> None:
+    """The kept count (and the sparsity it implies) must be what was recorded when the set was written."""
+    kept = masks.kept(lang)
+    recorded = (config.get("kept") or {}).get(lang)
+    if recorded is not None and int(recorded) != kept:
+        raise MaskError(f"{path}: keeps {kept} weights but {CONFIG_NAME} records {recorded} (the file was "
+                        "changed or is corrupt)")
+    sparsity = (config.get("sparsity") or {}).get(lang)
+    if sparsity is not None and abs(masks.sparsity(lang) - float(sparsity)) > 1e-6:
+        raise MaskError(f"{path}: sparsity is {masks.sparsity(lang):.6f} but {CONFIG_NAME} records "
+                        f"{float(sparsity):.6f} (the file was changed or is corrupt)")
+
+
+def remove_mask_set(directory: str | os.PathLike) -> None:
+    """Delete a mask set's own files (its config and the mask files it lists); other files stay."""
+    directory = os.fspath(directory)
+    config = _read_config(directory)
+    with locked(directory, "mask set"):
+        for lang in config["languages"]:
+            _check_language_code(lang, os.path.join(directory, CONFIG_NAME))
+            path = os.path.join(directory, mask_file_name(lang))
+            if os.path.isfile(path):
+                os.remove(path)
+        os.remove(os.path.join(directory, CONFIG_NAME))
 
 
 def _read_config(directory: str) -> dict:

@@ -1,6 +1,7 @@
 """What every stage does first: threads, seeds, device and process group, mask sets, the final export."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -11,10 +12,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lasp.config import RecipeConfig, save_recipe
+from lasp.config import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
 from lasp.cpu import apply_cpu_settings
-from lasp.masks import CONFIG_NAME, LanguageMasks
+from lasp.errors import ConfigError, DataError
+from lasp.locks import acquire, release
+from lasp.masks import CONFIG_NAME, LanguageMasks, _read_config, check_mask_dir
+from lasp.provenance import check_mask_provenance, check_run_record, expected_record, legacy_record, stage_recipe
 from lasp.train import distributed as D
+from lasp.train.checkpoint import checkpoint_dir
 from lasp.train.systems import System, random_masks_like
 
 
@@ -32,6 +37,79 @@ def _is_mask_dir(path: str | Path | None) -> bool:
     return bool(path) and (Path(path) / CONFIG_NAME).is_file()
 
 
+def _stage_of(cfg: RecipeConfig, system: str, run_dir: Path) -> str:
+    """Which stage (pretrain / finetune) trains into ``run_dir`` with ``system``."""
+    found = [s for s in ("pretrain", "finetune")
+             if Path(stage_run_dir(cfg, s)).resolve() == Path(run_dir).resolve() and getattr(cfg, s).system == system]
+    if len(found) > 1:
+        raise ConfigError(f"pretrain.run_dir and finetune.run_dir are both {run_dir}; give each stage its own")
+    return found[0] if found else "pretrain" if cfg.pretrain.system == system else "finetune"
+
+
+def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.DistInfo) -> None:
+    """Become the one writer of ``run_dir`` and check the recipe against the one the run started with.
+
+    The lock stays until the process ends (the training loop and the final export run under it). Resuming a
+    run (it has checkpoints and ``resume`` is on) with changed recipe keys is an error listing them, except
+    the keys ``<stage>.resume_allow`` names. The recipe is recorded in ``<run_dir>/run.json``.
+    """
+    sc = getattr(cfg, stage)
+    if info.is_main:
+        acquire(run_dir, "run directory")
+    ckpts = checkpoint_dir(run_dir)
+    resuming = sc.resume and ckpts.is_dir() and any(ckpts.glob("step-*"))
+    recipe = stage_recipe(config_to_dict(cfg), stage, sc.system, init)
+    check_run_record(run_dir, stage, recipe, sc.resume_allow, resuming, write=info.is_main)
+
+
+def check_language_rows(manifest: str | None, languages: Sequence[str], minimum: int, key: str) -> None:
+    """Every language a mask is searched for needs ``minimum`` rows: a stray tag must not become a sub-network."""
+    if not manifest or minimum <= 0:
+        return
+    from lasp.data.manifest import read_manifest
+
+    counts: dict[str, int] = {}
+    for utt in read_manifest(manifest):
+        counts[utt.lang] = counts.get(utt.lang, 0) + 1
+    for lang in languages:
+        if counts.get(lang, 0) < minimum:
+            raise DataError(f"{manifest}: language {lang!r} has {counts.get(lang, 0)} row(s), fewer than "
+                            f"{key}={minimum} needed to search its mask; fix or drop those rows, choose the "
+                            f"languages to use, or lower {key}")
+
+
+def _guard_masks(fn):
+    """Around :func:`resolve_masks`: claim the run; check an existing mask set's provenance against the recipe;
+    before a search, refuse a folder of foreign mask files, check the rows per language, and lock the set."""
+    @functools.wraps(fn)
+    def wrapper(cfg, system, model, languages, run_dir, init, batches_for, info, progress=True):
+        run_dir = Path(run_dir)
+        claim_run(cfg, _stage_of(cfg, system, run_dir), run_dir, init, info)
+        if system not in ("lasp", "random"):
+            return fn(cfg, system, model, languages, run_dir, init, batches_for, info, progress)
+        m = cfg.masks
+        check_mask_dir(m.dir)
+        source = m.dir if _is_mask_dir(m.dir) else (Path(init) / "masks" if _is_mask_dir(Path(init) / "masks")
+                                                     else None)
+        target = None
+        if source is not None:
+            config = _read_config(str(source))
+            records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
+            check_mask_provenance(source, records, expected_record(m, cfg.data.train, init), languages, m.reuse)
+        elif system == "lasp":
+            check_language_rows(cfg.data.train, languages, m.min_utterances, "masks.min_utterances")
+            target = Path(m.dir) if m.dir else run_dir / "masks-lasp"
+            if info.is_main:
+                acquire(target, "mask set")
+        try:
+            return fn(cfg, system, model, languages, run_dir, init, batches_for, info, progress)
+        finally:
+            if target is not None and info.is_main:
+                release(target)
+    return wrapper
+
+
+@_guard_masks
 def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, languages: Sequence[str],
                   run_dir: Path, init: str, batches_for: Callable[[str, int], list], info: D.DistInfo,
                   progress: bool = True) -> LanguageMasks | None:
