@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except LaspError as err:
         print(f"lasp {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # training already said where its checkpoint is (TrainingInterrupted)
+        if not str(err):
+            print(f"lasp {args.command}: interrupted", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

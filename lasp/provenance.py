@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from lasp import __version__
 from lasp.errors import ConfigError, DataError, MaskError
@@ -69,6 +69,25 @@ def model_fingerprint(name: str | None) -> str | None:
 
 def data_fingerprint(path: str | None) -> str | None:
     return sha256_file(path) if path and os.path.isfile(path) else None
+
+
+def check_language_rows(manifest: str | None, languages: Sequence[str], minimum: int, key: str) -> None:
+    """Every language a mask is searched for needs ``minimum`` rows: a stray tag must not become a sub-network."""
+    if not manifest or minimum <= 0:
+        return
+    from lasp.data.manifest import read_manifest
+
+    counts: dict[str, int] = {}
+    for utt in read_manifest(manifest):
+        counts[utt.lang] = counts.get(utt.lang, 0) + 1
+    for lang in languages:
+        if counts.get(lang, 0) == 0:
+            raise DataError(f"{manifest}: no usable utterance of language {lang!r}; languages present: "
+                            f"{', '.join(sorted(counts)) or 'none'}")
+        if counts.get(lang, 0) < minimum:
+            raise DataError(f"{manifest}: language {lang!r} has {counts.get(lang, 0)} row(s), fewer than "
+                            f"{key}={minimum} needed to search its mask; fix or drop those rows, choose the "
+                            f"languages to use, or lower {key}")
 
 
 # ---------------------------------------------------------------------------------------------- mask sets

@@ -21,6 +21,10 @@ def masks_info(args: argparse.Namespace) -> int:
     print(f"mask set {args.mask_dir}: base model {meta.get('base_model')}, scorer {meta.get('scorer')}, "
           f"scope {meta.get('scope')}, pattern {meta.get('pattern')}")
     print(masks.summary())
+    print("\nwhat made each language (files verified against their recorded sha256)")
+    for lang, rec in masks.records().items():
+        print(f"  {lang:>8}  {rec.get('method')}/{rec.get('scorer')} sparsity {rec.get('sparsity')} "
+              f"{rec.get('pattern')} {rec.get('scope')}  data {rec.get('data')}  base {rec.get('base_model')}")
     if len(masks) > 1:
         print("\npairwise IoU |A∧B|/|A∨B|")
         print(iou_table(masks))
@@ -29,6 +33,11 @@ def masks_info(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     from lasp.mask_search import prune_from_manifest
+    from lasp.prune_checks import check_prune_request
+
+    check_prune_request(args.out, args.data, sparsity=args.sparsity, pattern=args.pattern,
+                        languages=args.langs.split(",") if args.langs else None,
+                        min_utterances=args.min_utterances, existing=args.existing)
 
     masks = prune_from_manifest(
         model=args.model, manifest=args.data, out=args.out, scorer=args.scorer, sparsity=args.sparsity,
@@ -73,4 +82,10 @@ def register(sub) -> None:
                    help="loss for gradient scorers: pre-training (no transcripts) or CTC (auto: pre-training)")
     q.add_argument("--on-bad", default="skip", choices=["skip", "error"], help="policy for unusable rows")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--min-utterances", type=int, default=20, help="rows a language needs to get a mask")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
+                     help="--out holds a mask set: add (or replace) these languages, keep the others")
+    how.add_argument("--force", dest="existing", action="store_const", const="replace",
+                     help="--out holds a mask set: replace it")
     q.set_defaults(handler=prune_command)

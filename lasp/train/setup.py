@@ -14,10 +14,11 @@ import torch
 
 from lasp.config import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
 from lasp.cpu import apply_cpu_settings
-from lasp.errors import ConfigError, DataError
+from lasp.errors import ConfigError
 from lasp.locks import acquire, release
 from lasp.masks import CONFIG_NAME, LanguageMasks, _read_config, check_mask_dir
-from lasp.provenance import check_mask_provenance, check_run_record, expected_record, legacy_record, stage_recipe
+from lasp.provenance import (check_language_rows, check_mask_provenance, check_run_record, expected_record,
+                             legacy_record, stage_recipe)
 from lasp.train import distributed as D
 from lasp.train.checkpoint import checkpoint_dir
 from lasp.train.systems import System, random_masks_like
@@ -60,22 +61,6 @@ def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.D
     resuming = sc.resume and ckpts.is_dir() and any(ckpts.glob("step-*"))
     recipe = stage_recipe(config_to_dict(cfg), stage, sc.system, init)
     check_run_record(run_dir, stage, recipe, sc.resume_allow, resuming, write=info.is_main)
-
-
-def check_language_rows(manifest: str | None, languages: Sequence[str], minimum: int, key: str) -> None:
-    """Every language a mask is searched for needs ``minimum`` rows: a stray tag must not become a sub-network."""
-    if not manifest or minimum <= 0:
-        return
-    from lasp.data.manifest import read_manifest
-
-    counts: dict[str, int] = {}
-    for utt in read_manifest(manifest):
-        counts[utt.lang] = counts.get(utt.lang, 0) + 1
-    for lang in languages:
-        if counts.get(lang, 0) < minimum:
-            raise DataError(f"{manifest}: language {lang!r} has {counts.get(lang, 0)} row(s), fewer than "
-                            f"{key}={minimum} needed to search its mask; fix or drop those rows, choose the "
-                            f"languages to use, or lower {key}")
 
 
 def _guard_masks(fn):
