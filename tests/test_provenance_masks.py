@@ -186,7 +186,7 @@ def test_a_stray_language_tag_does_not_become_a_sub_network(tmp_path, corpus, ca
     rows = Path(corpus["train"]).read_text().splitlines()
     stray = json.loads(rows[0])
     stray["lang"] = "xx"
-    manifest = tmp_path / "train.jsonl"
+    manifest = Path(corpus["train"]).parent / "stray.jsonl"  # next to the audio its rows name
     manifest.write_text("\n".join(rows + [json.dumps(stray)]) + "\n")
     cfg = tiny_recipe({"train": manifest}, tmp_path / "a", "masks.min_utterances=3")
     with pytest.raises(DataError, match=r"language 'xx' has 1 row\(s\), fewer than masks.min_utterances=3"):
@@ -199,7 +199,7 @@ def test_a_stray_language_tag_does_not_become_a_sub_network(tmp_path, corpus, ca
     # a code that could name a path is refused where the manifest is read, with its line
     stray["lang"] = "../es"
     manifest.write_text("\n".join(rows + [json.dumps(stray)]) + "\n")
-    with pytest.raises(DataError, match=rf"train.jsonl:{len(rows) + 1}: 'lang': language code '../es' is not valid"):
+    with pytest.raises(DataError, match=rf"stray.jsonl:{len(rows) + 1}: 'lang': language code '../es' is not valid"):
         from lasp.data.manifest import read_manifest
 
         read_manifest(manifest)
