@@ -16,7 +16,7 @@ from lasp.config import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
 from lasp.cpu import apply_cpu_settings
 from lasp.errors import ConfigError
 from lasp.locks import acquire, release
-from lasp.masks import CONFIG_NAME, LanguageMasks, _read_config, check_mask_dir
+from lasp.masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
 from lasp.provenance import (check_language_rows, check_mask_provenance, check_run_record, expected_record,
                              legacy_record, stage_recipe)
 from lasp.train import distributed as D
@@ -78,7 +78,7 @@ def _guard_masks(fn):
                                                      else None)
         target = None
         if source is not None:
-            config = _read_config(str(source))
+            config = read_config(str(source))
             records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
             check_mask_provenance(source, records, expected_record(m, cfg.data.train, init), languages, m.reuse)
         elif system == "lasp":
