@@ -131,3 +131,14 @@ def read_host() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_importers_refuse_language_codes_that_could_name_a_path(tmp_path):
+    from lasp.data.importers import import_table
+
+    write_audio(str(tmp_path / "a.wav"), tone(0.3))
+    (tmp_path / "t.tsv").write_text("audio\ttext\tlang\na.wav\thola\tes\na.wav\thola\t../x\n")
+    paths = import_table(tmp_path / "t.tsv", tmp_path / "out")
+    assert [u.lang for u in read_manifest(paths["train"])] == ["es"]
+    with pytest.raises(DataError, match=r"t.tsv:3 .*language code '../x' is not valid"):
+        import_table(tmp_path / "t.tsv", tmp_path / "out2", on_bad="error")

@@ -17,6 +17,7 @@ from lasp.data.audio import AudioError, audio_info
 from lasp.data.dataset import BadRow, DataReport
 from lasp.data.manifest import Utterance, write_manifest
 from lasp.errors import ConfigError, DataError
+from lasp.provenance import LANG_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def finalize_rows(utts: Iterable[Utterance], *, on_bad: str = "skip", probe: boo
     for utt in utts:
         report.total += 1
         try:
+            if not LANG_PATTERN.match(utt.lang):  # it will name mask files and folders
+                raise AudioError(utt.audio, "bad_language", f"language code {utt.lang!r} is not valid (letters, "
+                                 "digits, '-', '_')")
             if not os.path.isfile(utt.audio):
                 raise AudioError(utt.audio, "missing_file", "audio file not found")
             if probe or utt.duration is None:
