@@ -80,7 +80,12 @@ def _guard_masks(fn):
         if source is not None:
             config = read_config(str(source))
             records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
-            check_mask_provenance(source, records, expected_record(m, cfg.data.train, init), languages, m.reuse)
+            wanted = expected_record(m, cfg.data.train, init)
+            if source != m.dir:
+                # the masks the starting model was trained with: a later stage may train on other data (labelled
+                # fine-tuning after unlabelled pre-training); the mask settings must still agree
+                wanted.pop("data_sha256")
+            check_mask_provenance(source, records, wanted, languages, m.reuse)
         elif system == "lasp":
             check_language_rows(cfg.data.train, languages, m.min_utterances, "masks.min_utterances")
             target = Path(m.dir) if m.dir else run_dir / "masks-lasp"
