@@ -1,6 +1,6 @@
 """Recipes: YAML files mapped onto the typed dataclasses of :mod:`lasp.config_schema`.
 
-``load_recipe(path, overrides)`` reads a recipe with ``yaml.safe_load``, applies
+``load_recipe(path, overrides)`` reads a recipe with YAML (safe loading, no base-60 numbers), applies
 ``key=value`` overrides (dotted keys, values parsed as YAML), and checks every
 key and type against the schema before any work starts: an unknown or mistyped
 key raises :class:`~lasp.errors.ConfigError` naming the key (and the closest
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,40 @@ from lasp.config_schema import (  # noqa: F401  (re-exported: the public schema)
 from lasp.errors import ConfigError
 
 _EXTRA_SECTIONS: dict[str, type] = {}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without YAML 1.1's base-60 numbers: ``2:4`` (an N:M pattern) stays the string "2:4".
+
+    PyYAML follows YAML 1.1, where a plain ``2:4`` is the sexagesimal integer 124 and ``1:30.5`` a float;
+    YAML 1.2 dropped both. Everything else (bools, nulls, ints, floats, quoting) resolves as before, and
+    exponents without a dot or sign (``1e-3``, ``5e4``) are floats, as in YAML 1.2.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse recipe text (a file or one override value) with :class:`RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
 
 
 def register_section(name: str, cls: type) -> None:
@@ -169,7 +204,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}' has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
         node = tree
@@ -213,7 +248,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"recipe not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -246,6 +281,8 @@ def check_config(cfg: RecipeConfig, *, where: str = "recipe") -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{where}: key '{key}' {why}")
 
+    if cfg.seed < 0:
+        raise bad("seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.seed}")
     if cfg.threads is not None and cfg.threads < 1:
         raise bad("threads", "must be >= 1")
     if not 0.0 <= cfg.masks.sparsity < 1.0:
@@ -308,18 +345,32 @@ def stage_run_dir(cfg: RecipeConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / f"{stage}-{sc.system}"
 
 
-def explain(cls: type = RecipeConfig, prefix: str = "") -> list[str]:
-    """One line per key: dotted name, type and default (what `lasp validate --explain` prints)."""
-    lines = []
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "extra":
-            continue
-        tp = hints[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
-            lines.extend(explain(tp, key + "."))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{key}: {_type_name(tp)} = {default!r}")
+def explain() -> list[str]:
+    """Every recipe key, section by section: ``key: type = default`` and an indented line of help.
+
+    What `lasp <command> --explain` prints. Defaults are those of a recipe that leaves the key out (a
+    section's own defaults, so finetune.optim.schedule shows tri-stage). Sections registered with
+    :func:`register_section` (``run``) are included.
+    """
+    from lasp.config_help import SECTIONS, help_for
+
+    lines: list[str] = []
+
+    def walk(cls: type, instance: Any, prefix: str) -> None:
+        hints = _hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if not (cls is RecipeConfig and f.name == "extra")]
+        scalars = [f for f in fields if not dataclasses.is_dataclass(hints[f.name])]
+        if scalars:
+            section = prefix.rstrip(".")
+            lines.append(f"# {section}: {SECTIONS.get(section, '')}" if section else f"# {SECTIONS['']}")
+        for f in scalars:
+            lines.append(f"{prefix}{f.name}: {_type_name(hints[f.name])} = {getattr(instance, f.name)!r}")
+            lines.append(f"    {help_for(cls, f.name)}")
+        for f in fields:
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], getattr(instance, f.name), f"{prefix}{f.name}.")
+
+    walk(RecipeConfig, RecipeConfig(), "")
+    for name, cls in _EXTRA_SECTIONS.items():
+        walk(cls, cls(), f"{name}.")
     return lines

@@ -179,9 +179,10 @@ class LanguageMasks:
         return self.intersection(self.languages)
 
     def iou(self, a: str, b: str) -> float:
-        inter = sum(popcount(x & y) for x, y in zip(self._require(a).values(), self._require(b).values()))
-        union = sum(popcount(x | y) for x, y in zip(self._require(a).values(), self._require(b).values()))
-        return inter / union if union else 1.0
+        """|A∧B| / |A∨B| over all parameters (NaN if both are empty), computed by lasp.analysis.overlap."""
+        from lasp.analysis.overlap import mask_iou  # lazy: the analysis package imports plotting libraries
+
+        return mask_iou(self, a, b)
 
     def summary(self) -> str:
         lines = [f"{len(self)} languages × {len(self._shapes)} tensors ({self.numel():,} masked parameters each)"]

@@ -111,7 +111,9 @@ def load_model(name_or_path: str, head: str = "pretraining", **overrides: Any):
     cls = _model_class(config.model_type, head, name_or_path)
     for key, value in overrides.items():
         setattr(config, key, value)
-    return cls.from_pretrained(name_or_path, config=config, local_files_only=True)
+    from lasp.load_report import from_pretrained  # one line instead of transformers' table for a head switch
+
+    return from_pretrained(cls, name_or_path, config=config, local_files_only=True)
 
 
 def count_parameters(model) -> int:

@@ -124,7 +124,7 @@ def make_language_masks(
     dense = {}
     per_lang = {}
     languages = list(batches_by_lang)
-    for lang in tqdm(languages, desc="languages", disable=not progress):
+    for lang in tqdm(languages, desc="languages", disable=None if progress else True):
         s = sparsity.get(lang) if isinstance(sparsity, Mapping) else sparsity
         scores = score_language(model, batches_by_lang[lang], scorer=scorer, targets=targets,
                                 max_batches=max_batches, seed=seed, lang=lang, progress=progress)

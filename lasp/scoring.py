@@ -87,7 +87,7 @@ def score_language(
             p.requires_grad_(True)
             p.grad = None
         iterator = tqdm(batches, desc=f"score {lang or ''} ({scorer})", total=max_batches,
-                        disable=not progress, leave=False)
+                        disable=None if progress else True, leave=False)
         for batch in iterator:
             if max_batches is not None and used >= max_batches:
                 break

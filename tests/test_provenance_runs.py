@@ -17,7 +17,7 @@ from lasp.config import save_recipe
 from lasp.errors import ConfigError
 from lasp.locks import LockError
 from lasp.train.checkpoint import load_resumable
-from lasp.train.logging import read_metrics
+from lasp.train.metrics_log import read_metrics
 from test_provenance_masks import tree_hashes
 from test_train_support import fast_recipe, make_corpus
 
@@ -190,8 +190,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, corpus):
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
-    line = next(l for l in err.splitlines() if "interrupted at step" in l)
-    step = int(line.split("interrupted at step ")[1].split(";")[0])
-    assert step >= 3 and "run the same command again to resume" in line
+    lines = [l for l in err.splitlines() if "interrupted" in l]
+    assert len(lines) == 1, err[-3000:]
+    step = int(lines[0].split("interrupted at step ")[1].split(";")[0])
+    assert step >= 3 and f"checkpoint saved in {run / 'checkpoints'}" in lines[0]
+    assert f"(resume with: lasp finetune {recipe})" in lines[0]
     path, _, state, skipped = load_resumable(run)
     assert path is not None and not skipped and int(state["step"]) == step

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_ctc_batch
 from lasp.config import load_recipe
-from lasp.train.logging import read_metrics
+from lasp.train.metrics_log import read_metrics
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature, linear_warmup, lr_factor, tri_stage
 from lasp.train.systems import System

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lasp.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                    set_rng_state)
-from lasp.train.logging import read_metrics
+from lasp.train.metrics_log import read_metrics
 from test_train_support import fast_recipe, make_corpus
 
 TESTS = Path(__file__).resolve().parent

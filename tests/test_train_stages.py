@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from lasp.cli import main
 from lasp.masks import LanguageMasks
-from lasp.train.logging import read_metrics
+from lasp.train.metrics_log import read_metrics
 from test_train_support import FAST_MODEL, fast_recipe, make_corpus
 
 
@@ -101,6 +101,9 @@ def test_imp_mask_search_and_cli_round_trip(tmp_path, corpus, capsys):
     assert masks.sparsity("es") == pytest.approx(0.4, abs=0.01)
     assert main(["evaluate", str(recipe), *over]) == 0
     out = capsys.readouterr().out
-    assert out.count("CER") == 3 and "macro" in out  # two languages + the macro average
     results = json.loads((tmp_path / "runs" / "finetune-lasp" / "eval" / "results.json").read_text())
     assert set(results["languages"]) == {"de", "es"} and results["system"] == "lasp"
+    # the same unit as results.json (fractions, labelled), and where the files went
+    assert "(error rates as fractions)" in out and f"to {tmp_path / 'runs' / 'finetune-lasp' / 'eval'}" in out
+    for lang, r in results["languages"].items():
+        assert f"{lang:<8}{r['cer']:>8.4f}{r['wer']:>8.4f}" in out

@@ -11,11 +11,17 @@ tensor into the groups ``overall``, ``layer <i>`` and ``kind <q|k|v|out|ffn-in|f
 * ``kept[a]``       = |A|        (weights language ``a`` keeps)
 * ``inter[a][b]``   = |A ∧ B|    (diagonal: |A|)
 * ``sharing[k]``    = number of weights kept by exactly ``k`` languages (k = 0..N)
+* ``max_inter[a][b]`` = Σ_t min(|A_t|, |B_t|): the largest |A ∧ B| masks with these per-tensor
+  densities can have
+* ``random_inter[a][b]`` = Σ_t n_t d_a,t d_b,t: the expected |A ∧ B| of independent random masks with
+  the same per-tensor densities d (a float)
 
 IoU |A∧B| / |A∨B| (symmetric) and the LaSS overlap |A∧B| / |A| (row language
-``a``, column ``b``; Lin et al., ACL 2021) follow from them. Counts are exact
-integers: intersections are computed with float64 matrix products over chunks,
-which are exact far beyond the chunk size.
+``a``, column ``b``; Lin et al., ACL 2021) follow from them, and so does the
+specificity of a mask set (:func:`specificity`): the observed IoU against the
+IoU random masks of the same density would give (E|A∪B| = |A| + |B| − E|A∧B|).
+Counts are exact integers: intersections are computed with float64 matrix
+products over chunks, which are exact far beyond the chunk size.
 """
 from __future__ import annotations
 
@@ -42,18 +48,26 @@ class GroupCounts:
     kept: list[int]
     inter: list[list[int]]
     sharing: list[int]
+    max_inter: list[list[int]]
+    random_inter: list[list[float]]
 
     @classmethod
     def empty(cls, n: int) -> "GroupCounts":
-        return cls(0, [0] * n, [[0] * n for _ in range(n)], [0] * (n + 1))
+        return cls(0, [0] * n, [[0] * n for _ in range(n)], [0] * (n + 1), [[0] * n for _ in range(n)],
+                   [[0.0] * n for _ in range(n)])
 
     def add(self, numel: int, inter: torch.Tensor, sharing: torch.Tensor) -> None:
+        """Add one tensor's counts; its kept counts (the diagonal) give the density-only references."""
         n = len(self.kept)
         self.numel += numel
+        kept = [int(inter[a, a]) for a in range(n)]
         for a in range(n):
-            self.kept[a] += int(inter[a, a])
+            self.kept[a] += kept[a]
             for b in range(n):
                 self.inter[a][b] += int(inter[a, b])
+                self.max_inter[a][b] += min(kept[a], kept[b])
+                # diagonal: a language against itself is its own reference, not an independent draw
+                self.random_inter[a][b] += kept[a] if a == b else kept[a] * kept[b] / numel
         for k in range(n + 1):
             self.sharing[k] += int(sharing[k])
 
@@ -70,6 +84,18 @@ class GroupCounts:
         n = len(self.kept)
         return [[_ratio(self.inter[a][b], self.kept[a]) for b in range(n)] for a in range(n)]
 
+    def random_iou(self) -> list[list[float]]:
+        """E|A∧B| / E|A∨B| of independent random masks with these per-tensor densities."""
+        n = len(self.kept)
+        return [[_ratio(self.random_inter[a][b], self.kept[a] + self.kept[b] - self.random_inter[a][b])
+                 for b in range(n)] for a in range(n)]
+
+    def max_iou(self) -> list[list[float]]:
+        """The largest IoU masks with these per-tensor densities can reach (nested masks in every tensor)."""
+        n = len(self.kept)
+        return [[_ratio(self.max_inter[a][b], self.kept[a] + self.kept[b] - self.max_inter[a][b])
+                 for b in range(n)] for a in range(n)]
+
     def density(self) -> list[float]:
         return [_ratio(k, self.numel) for k in self.kept]
 
@@ -78,6 +104,7 @@ class GroupCounts:
             "numel": self.numel, "kept": list(self.kept), "density": self.density(),
             "intersection": [list(r) for r in self.inter], "iou": self.iou(),
             "lass_overlap": self.lass_overlap(), "sharing_counts": list(self.sharing),
+            "random_iou": self.random_iou(), "max_iou": self.max_iou(),
         }
 
 
@@ -131,6 +158,8 @@ class OverlapStats:
     per_kind: dict[str, GroupCounts] = field(default_factory=dict)
     other: GroupCounts | None = None  # targets outside the encoder layers (no layer index)
     unique_per_language: list[int] = field(default_factory=list)
+    # expected weights unique to each language if every mask were random with its per-tensor densities
+    random_unique_per_language: list[float] = field(default_factory=list)
 
     @property
     def iou(self) -> list[list[float]]:
@@ -210,7 +239,8 @@ def compute_overlap(masks: Any, progress: bool = False) -> OverlapStats:
     """All overlap counts of a mask set (see the module docstring); ``progress`` shows a bar over tensors."""
     languages, names, shapes, get = _as_dense_getter(masks)
     n = len(languages)
-    stats = OverlapStats(languages, GroupCounts.empty(n), unique_per_language=[0] * n)
+    stats = OverlapStats(languages, GroupCounts.empty(n), unique_per_language=[0] * n,
+                         random_unique_per_language=[0.0] * n)
     for name in tqdm(names, desc="overlap", unit="tensor", disable=not progress):
         stack = torch.stack([get(lang, name).reshape(-1) for lang in languages])
         inter, sharing = _tensor_counts(stack)
@@ -227,6 +257,10 @@ def compute_overlap(masks: Any, progress: bool = False) -> OverlapStats:
             only_one = stack.sum(0) == 1
             for a in range(n):
                 stats.unique_per_language[a] += int((stack[a] & only_one).sum())
+            density = inter.diagonal().to(torch.float64) / numel
+            for a in range(n):
+                others = torch.cat([density[:a], density[a + 1:]])
+                stats.random_unique_per_language[a] += float(numel * density[a] * torch.prod(1 - others))
     stats.per_layer = dict(sorted(stats.per_layer.items()))
     stats.per_kind = {k: stats.per_kind[k] for k in KINDS if k in stats.per_kind}
     return stats
@@ -240,3 +274,47 @@ def iou(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
 def lass_overlap(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """LaSS overlap Σ|A∧B| / Σ|A| of mask ``a`` with mask ``b``."""
     return compute_overlap({"a": dict(a), "b": dict(b)}).lass_overlap[0][1]
+
+
+def _mean_pairs(matrix: list[list[float]]) -> float:
+    """Mean over the pairs a < b, ignoring undefined (NaN) entries; NaN with fewer than two languages."""
+    n = len(matrix)
+    values = [matrix[a][b] for a in range(n) for b in range(a + 1, n) if not math.isnan(matrix[a][b])]
+    return sum(values) / len(values) if values else math.nan
+
+
+def specificity(stats: OverlapStats) -> dict[str, Any]:
+    """How language-specific a mask set is, against random masks of the same per-tensor densities.
+
+    ``iou_ratio`` = mean pairwise IoU / mean pairwise IoU of random masks: ≈ 1 for random masks, above 1
+    when languages share more than chance, up to ``max_iou_ratio`` (every tensor's masks nested, e.g.
+    identical masks); below 1 when they avoid each other. ``iou_excess`` is the same as a difference.
+    ``unique_share``: per language, the fraction of its kept weights no other language keeps, next to
+    what random masks would give (``random_unique_share``).
+    """
+    overall = stats.overall
+    mean_iou = _mean_pairs(overall.iou())
+    mean_random = _mean_pairs(overall.random_iou())
+    mean_max = _mean_pairs(overall.max_iou())
+    unique = [_ratio(u, k) for u, k in zip(stats.unique_per_language, overall.kept)]
+    random_unique = [u / k if k else math.nan for u, k in zip(stats.random_unique_per_language, overall.kept)]
+    multi = len(stats.languages) > 1
+
+    def mean(values: list[float]) -> float:
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values and multi else math.nan
+
+    return {
+        "mean_iou": mean_iou, "mean_random_iou": mean_random, "mean_max_iou": mean_max,
+        "iou_ratio": mean_iou / mean_random if mean_random else math.nan,
+        "max_iou_ratio": mean_max / mean_random if mean_random else math.nan,
+        "iou_excess": mean_iou - mean_random,
+        "unique_share": unique if multi else [math.nan] * len(unique),
+        "random_unique_share": random_unique if multi else [math.nan] * len(unique),
+        "mean_unique_share": mean(unique), "mean_random_unique_share": mean(random_unique),
+    }
+
+
+def mask_iou(masks: Any, a: str, b: str) -> float:
+    """IoU of languages ``a`` and ``b`` of a LanguageMasks (the one IoU lasp computes: GroupCounts.iou)."""
+    return compute_overlap(masks.subset(dict.fromkeys([a, b]))).iou[0][-1]

@@ -12,6 +12,8 @@ and writes into ``out_dir``:
 ``per_kind.csv``           the same per module kind (q, k, v, out, ffn-in, ffn-out)
 ``languages.csv``          per language: kept weights, density, weights unique to it
 ``sharing.csv``            weights kept by exactly k languages, k = 0..N
+``specificity.json``       mean pairwise IoU against random masks of the same per-tensor density,
+                           and the share of kept weights unique to each language (see ``overlap.specificity``)
 ``summary.txt``            the terminal summary
 ``iou_heatmap.png``        ``lass_heatmap.png``  ``layer_curves.png``
 ``dendrogram.png``         (≥ 2 languages)       ``sharing_histogram.png``
@@ -26,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lasp.analysis.clustering import cluster_languages, family_test, load_families
-from lasp.analysis.overlap import GroupCounts, OverlapStats, compute_overlap
+from lasp.analysis.overlap import GroupCounts, OverlapStats, compute_overlap, specificity
 from lasp.analysis.plots import plot_dendrogram, plot_iou_heatmap, plot_layer_curves, plot_sharing_histogram
 from lasp.analysis.report import fmt, format_table, write_csv, write_json, write_matrix_csv
 from lasp.errors import ConfigError
@@ -44,6 +46,7 @@ class OverlapResult:
     per_layer: dict[int, dict[str, Any]]
     per_kind: dict[str, dict[str, Any]]
     sharing: dict[str, Any]
+    specificity: dict[str, Any] = field(default_factory=dict)
     clustering: dict[str, Any] | None = None
     families: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
@@ -85,7 +88,7 @@ def build_result(stats: OverlapStats) -> OverlapResult:
         unique_per_language=list(stats.unique_per_language),
         per_layer={layer: g.as_dict() for layer, g in stats.per_layer.items()},
         per_kind={kind: g.as_dict() for kind, g in stats.per_kind.items()},
-        sharing=stats.sharing.as_dict(),
+        sharing=stats.sharing.as_dict(), specificity=specificity(stats),
     )
 
 
@@ -138,12 +141,14 @@ def _write(stats: OverlapStats, result: OverlapResult, out_dir: str, plots: bool
         "languages_csv": write_csv([
             {"language": lang, "numel": result.numel, "kept": result.kept[i], "density": result.density[i],
              "unique": result.unique_per_language[i],
-             "unique_fraction_of_kept": result.unique_per_language[i] / result.kept[i] if result.kept[i] else None}
+             "unique_fraction_of_kept": result.unique_per_language[i] / result.kept[i] if result.kept[i] else None,
+             "random_unique_fraction_of_kept": result.specificity["random_unique_share"][i]}
             for i, lang in enumerate(langs)], j("languages.csv")),
         "sharing_csv": write_csv([
             {"k_languages": k, "weights": c, "fraction_of_targets": result.sharing["fraction_of_targets"][k],
              "fraction_of_union": result.sharing["fraction_of_union"][k]}
             for k, c in enumerate(result.sharing["counts"])], j("sharing.csv")),
+        "specificity": write_json(result.specificity | {"languages": langs}, j("specificity.json")),
         "summary": j("summary.txt"),
     }
     if plots:
@@ -155,7 +160,8 @@ def _write(stats: OverlapStats, result: OverlapResult, out_dir: str, plots: bool
             layers = list(stats.per_layer)
             files["layer_curves"] = plot_layer_curves(
                 layers, [stats.per_layer[l].iou() for l in layers],
-                [stats.per_layer[l].density() for l in layers], langs, j("layer_curves.png"))
+                [stats.per_layer[l].density() for l in layers], langs, j("layer_curves.png"),
+                random_iou_per_layer=[stats.per_layer[l].random_iou() for l in layers])
         if result.clustering:
             files["dendrogram"] = plot_dendrogram(result.clustering["linkage"], langs, j("dendrogram.png"))
         files["sharing_histogram"] = plot_sharing_histogram(result.sharing["counts"], j("sharing_histogram.png"))
@@ -168,9 +174,10 @@ def format_summary(result: OverlapResult, max_matrix: int = 12) -> str:
     langs, n = result.languages, len(result.languages)
     lines = [f"{n} language(s), {result.numel:,} targeted weights per language"]
     lines.append(format_table(
-        ["language", "kept", "density", "unique", "unique/kept"],
+        ["language", "kept", "density", "unique", "unique/kept", "if random"],
         [[lang, result.kept[i], result.density[i], result.unique_per_language[i],
-          result.unique_per_language[i] / result.kept[i] if result.kept[i] else float("nan")]
+          result.unique_per_language[i] / result.kept[i] if result.kept[i] else float("nan"),
+          result.specificity["random_unique_share"][i]]
          for i, lang in enumerate(langs)]))
     if 2 <= n <= max_matrix:
         lines += ["", "pairwise IoU"]
@@ -187,6 +194,11 @@ def format_summary(result: OverlapResult, max_matrix: int = 12) -> str:
                    f"unique to one language {fmt(s['unique_fraction_of_union'], '.1%')}, "
                    f"the rest {fmt(s['rest_fraction_of_union'], '.1%')}")]
     if n >= 2:
+        sp = result.specificity
+        lines.append(f"specificity: mean pairwise IoU {fmt(sp['mean_iou'])}, random masks of the same per-tensor "
+                     f"density {fmt(sp['mean_random_iou'])}: ratio {fmt(sp['iou_ratio'], '.2f')} (1 = chance level, "
+                     f"at most {fmt(sp['max_iou_ratio'], '.2f')}); kept weights unique to one language "
+                     f"{fmt(sp['mean_unique_share'], '.1%')} (random masks {fmt(sp['mean_random_unique_share'], '.1%')})")
         kinds = list(result.per_kind)
         lines.append("mean pairwise IoU per module: " + "  ".join(
             f"{k} {fmt(_mean_pairwise(result.per_kind[k]['iou']), '.3f')}" for k in kinds))

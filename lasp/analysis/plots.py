@@ -49,8 +49,10 @@ def plot_iou_heatmap(iou_matrix: Sequence[Sequence[float]], languages: Sequence[
 
 def plot_layer_curves(layers: Sequence[int], iou_per_layer: Sequence[Sequence[Sequence[float]]],
                       density_per_layer: Sequence[Sequence[float]], languages: Sequence[str],
-                      path: str | os.PathLike) -> str:
-    """Left: mean pairwise IoU per layer with its min–max band. Right: each language's density per layer."""
+                      path: str | os.PathLike,
+                      random_iou_per_layer: Sequence[Sequence[Sequence[float]]] | None = None) -> str:
+    """Left: mean pairwise IoU per layer with its min–max band (and, if given, the mean IoU random masks of
+    the same per-tensor density would have: the chance level). Right: each language's density per layer."""
     layers = list(layers)
     n = len(languages)
     fig = Figure(figsize=(10, 4))
@@ -62,6 +64,10 @@ def plot_layer_curves(layers: Sequence[int], iou_per_layer: Sequence[Sequence[Se
         ax_iou.fill_between(layers, np.nanmin(pairs, axis=1), np.nanmax(pairs, axis=1), alpha=0.25,
                             label="min–max over pairs")
         ax_iou.plot(layers, mean, marker="o", label="mean over pairs")
+        if random_iou_per_layer is not None:
+            chance = np.array([np.asarray(m, dtype=float)[iu] for m in random_iou_per_layer])
+            ax_iou.plot(layers, np.nanmean(chance, axis=1), linestyle="--", color="gray",
+                        label="random masks, same density")
         ax_iou.legend(fontsize=8)
     ax_iou.set_xlabel("encoder layer")
     ax_iou.set_ylabel("pairwise IoU")
@@ -141,3 +147,49 @@ def _human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} GiB"
+
+
+def plot_cer_by_language(intervals: Mapping[str, Mapping[str, Sequence[float]]], languages: Sequence[str],
+                         path: str | os.PathLike) -> str:
+    """Grouped bars: each system's CER per language, error bars from its (mean, low, high) interval."""
+    systems = list(intervals)
+    fig = Figure(figsize=(max(5.0, 0.9 * len(languages) * max(1, len(systems)) / 2 + 2.0), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(languages))
+    for i, system in enumerate(systems):
+        values = np.array([intervals[system][lang] for lang in languages], dtype=float)  # [languages, 3]
+        mean, low, high = values[:, 0], values[:, 1], values[:, 2]
+        # percentile intervals need not straddle the mean exactly: clip so matplotlib gets non-negative errors
+        err = np.vstack([np.clip(mean - low, 0, None), np.clip(high - mean, 0, None)])
+        ax.bar(x + (i - (len(systems) - 1) / 2) * width, mean, width, yerr=err, capsize=3, label=system)
+    ax.set_xticks(x, labels=list(languages))
+    ax.set_ylabel("CER (mean over seeds)")
+    ax.set_title("CER per language with 95 % bootstrap intervals")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cer_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
+    """One line per ``method``: CER against ``sparsity``; ``low``/``high`` (optional) give error bars."""
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for i, method in enumerate(methods):
+        pts = sorted((r for r in rows if str(r["method"]) == method), key=lambda r: float(r["sparsity"]))
+        # a small sideways offset per method keeps error bars at the same sparsity from hiding each other
+        xs = np.array([float(r["sparsity"]) for r in pts]) + (i - (len(methods) - 1) / 2) * 0.004
+        ys = np.array([float(r["cer"]) for r in pts])
+        if all(r.get("low") is not None and r.get("high") is not None for r in pts):
+            err = np.vstack([np.clip(ys - [float(r["low"]) for r in pts], 0, None),
+                             np.clip(np.array([float(r["high"]) for r in pts]) - ys, 0, None)])
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
+        else:
+            ax.plot(xs, ys, marker="o", label=method)
+    ax.set_xlabel("sparsity (fraction of targeted weights removed)")
+    ax.set_ylabel("macro CER")
+    ax.set_title("CER vs sparsity per mask search method")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 
+from lasp.config_schema import DataConfig
 from lasp.errors import ConfigError
 
 
@@ -164,7 +165,10 @@ def register(sub) -> None:
     q.add_argument("manifests", nargs="+")
     q.add_argument("--vocab", help="vocab.json (or its folder): also report characters outside it")
     q.add_argument("--known-languages", help="comma-separated codes; other codes are reported")
-    q.add_argument("--max-seconds", type=float, default=30.0)
+    # the limit training applies (data.max_seconds), so `info` counts what a stage will actually use
+    q.add_argument("--max-seconds", type=float, default=DataConfig().max_seconds,
+                   help="longer utterances are counted as dropped, as training drops them "
+                        "(default: data.max_seconds's default, %(default)s)")
     q.add_argument("--decode", action="store_true", help="decode every file (finds NaN, silent, corrupt audio)")
     q.add_argument("--show", type=int, default=10, help="bad rows to list")
     q.set_defaults(handler=cmd_info)

@@ -1,10 +1,22 @@
-"""`lasp pretrain | finetune | evaluate | validate RECIPE [key=value ...]`."""
+"""`lasp pretrain | finetune | evaluate | validate RECIPE [key=value ...]` (each also takes --explain)."""
 from __future__ import annotations
 
 import argparse
 import json
 
 from lasp.config import explain, load_recipe
+from lasp.errors import ConfigError
+
+
+def add_explain(p: argparse.ArgumentParser) -> None:
+    """``--explain``: list every recipe key (all sections) with type, default and help, then exit."""
+    p.add_argument("--explain", action="store_true",
+                   help="list every recipe key of every section with its type, default and help, and exit")
+
+
+def print_explain() -> int:
+    print("\n".join(explain()))
+    return 0
 
 
 def _add(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -12,24 +24,41 @@ def _add(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="YAML recipe (omit with --explain to list every key)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override recipe keys, e.g. finetune.max_steps=100 data.languages=[es,de]")
+    add_explain(p)
     p.set_defaults(handler=handler)
     return p
 
 
+def _recipe(args, stage: str | None):
+    """The recipe, fully checked, and (for a stage) its inputs/outputs checked before any model loads."""
+    if args.recipe is None:
+        raise ConfigError(f"give a recipe (e.g. lasp {args.command} recipes/finetune_tiny.yaml), "
+                          "or --explain to list its keys")
+    cfg = load_recipe(args.recipe, args.overrides)
+    if stage is not None:
+        from lasp.preflight import check_stage
+
+        check_stage(cfg, stage)
+    return cfg
+
+
 def _train_stage(args, stage: str) -> int:
     """Run ``pretrain`` or ``finetune`` (also under torchrun) and print where the model went."""
+    if args.explain:
+        return print_explain()
     from lasp.train import distributed as D
 
     if stage == "pretrain":
         from lasp.train.pretrain import pretrain as run_stage
     else:
         from lasp.train.finetune import finetune as run_stage
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg = _recipe(args, stage)
     path = run_stage(cfg)
     info = D.init_distributed(cfg.device)
     D.shutdown(info)
     if info.is_main:
         print(f"{'pre-trained' if stage == 'pretrain' else 'fine-tuned'} model: {path}")
+        print(f"run directory (checkpoints, metrics.jsonl, tb/): {path.parent}")
     return 0
 
 
@@ -42,25 +71,28 @@ def _finetune(args) -> int:
 
 
 def _evaluate(args) -> int:
+    if args.explain:
+        return print_explain()
     from lasp.evaluate import evaluate
+    from lasp.preflight import evaluate_paths
 
-    results = evaluate(load_recipe(args.recipe, args.overrides))
+    cfg = _recipe(args, "evaluate")
+    results = evaluate(cfg)
+    # fractions, as in results.json and the README (0.123 = 12.3 % of characters/words wrong)
+    print(f"{'lang':<8}{'CER':>8}{'WER':>8}  utterances   (error rates as fractions)")
     for lang, r in results["languages"].items():
-        print(f"{lang}\tCER {100 * r['cer']:.2f}\tWER {100 * r['wer']:.2f}\t({r['utterances']} utterances)")
+        unreadable = f" ({len(r['unreadable'])} unreadable, see results.json)" if r.get("unreadable") else ""
+        print(f"{lang:<8}{r['cer']:>8.4f}{r['wer']:>8.4f}  {r['utterances']}{unreadable}")
     m = results["macro"]
-    print(f"macro\tCER {100 * m['cer']:.2f}\tWER {100 * m['wer']:.2f}")
+    print(f"{'macro':<8}{m['cer']:>8.4f}{m['wer']:>8.4f}")
+    print(f"wrote results.json, recogs-*, errs-*, wer-summary-* to {evaluate_paths(cfg)[1]}")
     return 0
 
 
 def _validate(args) -> int:
     if args.explain:
-        print("\n".join(explain()))
-        return 0
-    if args.recipe is None:
-        from lasp.errors import ConfigError
-
-        raise ConfigError("give a recipe to validate (or --explain)")
-    cfg = load_recipe(args.recipe, args.overrides)
+        return print_explain()
+    cfg = _recipe(args, None)
     if args.json:
         from lasp.config import config_to_dict
 
@@ -71,9 +103,12 @@ def _validate(args) -> int:
 
 
 def register(subparsers) -> None:
-    _add(subparsers, "pretrain", "continued wav2vec 2.0 pre-training (shared or language-adaptive)", _pretrain)
-    _add(subparsers, "finetune", "multilingual CTC fine-tuning (shared, lasp, random masks or adapters)", _finetune)
+    p = _add(subparsers, "pretrain", "continued wav2vec 2.0 pre-training (shared or language-adaptive)",
+             _pretrain)
+    p.set_defaults(resumable=True)
+    p = _add(subparsers, "finetune", "multilingual CTC fine-tuning (shared, lasp, random masks or adapters)",
+             _finetune)
+    p.set_defaults(resumable=True)
     _add(subparsers, "evaluate", "greedy CTC decoding; per-language CER/WER files", _evaluate)
     v = _add(subparsers, "validate", "check a recipe (keys, types, values) without running anything", _validate)
-    v.add_argument("--explain", action="store_true", help="list every recipe key with its type and default")
     v.add_argument("--json", action="store_true", help="print the resolved recipe as JSON")

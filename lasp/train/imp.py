@@ -61,7 +61,7 @@ def imp_language_masks(
     dense: dict[str, dict[str, torch.Tensor]] = {}
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        for lang in tqdm(list(batches_by_lang), desc="imp languages", disable=not progress):
+        for lang in tqdm(list(batches_by_lang), desc="imp languages", disable=None if progress else True):
             batches = list(batches_by_lang[lang])
             if not batches:
                 raise ConfigError(f"IMP: no batches for language {lang!r}")

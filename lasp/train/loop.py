@@ -35,7 +35,7 @@ from lasp.errors import ConfigError
 from lasp.locks import acquire
 from lasp.train import distributed as D
 from lasp.train.checkpoint import CheckpointError, load_resumable, rng_state, save_checkpoint, set_rng_state
-from lasp.train.logging import MetricsLogger
+from lasp.train.metrics_log import MetricsLogger
 from lasp.train.schedule import lr_factor
 from lasp.train.systems import System
 
@@ -209,9 +209,9 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
             raise
         path = save(step) if last_saved != step and step > 0 else None
         where = path or (run_dir / "checkpoints")
-        msg = (f"interrupted at step {step}; checkpoint {where}; run the same command again to resume"
+        # the CLI prints this one line and adds the command that resumes
+        msg = (f"interrupted at step {step}; checkpoint saved in {where}"
                if step > 0 else "interrupted before the first step; nothing to save")
-        print(f"lasp: {msg}", file=sys.stderr)
         raise TrainingInterrupted(msg) from None
     finally:
         logger.close()
