@@ -67,6 +67,33 @@ def model_fingerprint(name: str | None) -> str | None:
     return h.hexdigest()
 
 
+_noted_weights: dict[str, str] = {}  # base model name -> sha256 of its targeted weights (this process)
+
+
+def targeted_weights_sha256(model, targets=None) -> str:
+    """sha256 over the targeted weights of a model in memory (canonical names, dtypes, shapes, bytes).
+
+    Canonical names make the hash of a pre-training model equal that of the CTC model loaded from the same
+    weights; it identifies base models that have no weight files (presets built from a seed).
+    """
+    import torch
+
+    from lasp.targets import select_targets
+
+    h = hashlib.sha256()
+    for name, p in sorted(select_targets(model, targets).items()):
+        t = p.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}\0{t.dtype}\0{tuple(p.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def note_base_weights(name: str, model, targets=None) -> str:
+    """Remember the targeted-weights hash of the model a mask search is about to run on (by its name)."""
+    _noted_weights[name] = targeted_weights_sha256(model, targets)
+    return _noted_weights[name]
+
+
 def data_fingerprint(path: str | None) -> str | None:
     return sha256_file(path) if path and os.path.isfile(path) else None
 
@@ -110,6 +137,7 @@ def mask_record(metadata: Mapping, lang: str) -> dict:
         "data_sha256": data_fingerprint(data),
         "base_model": os.path.abspath(base) if base and os.path.isdir(base) else base,
         "base_model_sha256": model_fingerprint(base),
+        "base_model_targets_sha256": _noted_weights.get(base) if isinstance(base, str) else None,
         "lasp_version": __version__,
     }
 
@@ -125,7 +153,7 @@ def legacy_record(config: Mapping, lang: str) -> dict:
     return rec
 
 
-def expected_record(masks_cfg, data_path: str | None, init: str | None) -> dict:
+def expected_record(masks_cfg, data_path: str | None, init: str | None, model=None) -> dict:
     """What the recipe's ``masks`` section (and its data / starting model) would make."""
     rec: dict[str, Any] = {"method": masks_cfg.method, "pattern": masks_cfg.pattern, "scope": masks_cfg.scope,
                            "targets": list(masks_cfg.targets) if masks_cfg.targets else "default"}
@@ -136,6 +164,8 @@ def expected_record(masks_cfg, data_path: str | None, init: str | None) -> dict:
     rec["data"] = os.path.abspath(data_path) if data_path else None
     rec["data_sha256"] = data_fingerprint(data_path)
     rec["base_model"] = os.path.abspath(init) if init and os.path.isdir(init) else init
+    if model is not None:
+        rec["base_model_targets_sha256"] = targeted_weights_sha256(model, masks_cfg.targets)
     return rec
 
 
@@ -165,6 +195,10 @@ def compare_records(recorded: Mapping, wanted: Mapping) -> list[str]:
         now = model_fingerprint(wanted["base_model"])
         if now and now != recorded["base_model_sha256"]:
             bad.append("base_model")
+    if ("base_model" not in bad and recorded.get("base_model_targets_sha256")
+            and wanted.get("base_model_targets_sha256") and recorded.get("base_model") == wanted.get("base_model")
+            and recorded["base_model_targets_sha256"] != wanted["base_model_targets_sha256"]):
+        bad.append("base_model")
     return bad
 
 
@@ -174,8 +208,8 @@ def _show(rec: Mapping, keys: Iterable[str]) -> str:
         if k == "data":
             parts.append(f"data={rec.get('data')} (sha256 {str(rec.get('data_sha256'))[:12]})")
         elif k == "base_model":
-            parts.append(f"base_model={rec.get('base_model')} (weights sha256 "
-                         f"{str(rec.get('base_model_sha256', model_fingerprint(rec.get('base_model'))))[:12]})")
+            digest = rec.get("base_model_targets_sha256") or rec.get("base_model_sha256")
+            parts.append(f"base_model={rec.get('base_model')} (weights sha256 {str(digest)[:12]})")
         else:
             parts.append(f"{k}={rec.get(k)}")
     return ", ".join(parts)

@@ -74,6 +74,19 @@ def test_shared_mask_set_made_differently_is_refused_unless_reuse(tmp_path, corp
     assert tree_hashes(shared) == before
 
 
+def test_masks_searched_on_other_base_weights_are_refused(tmp_path, corpus):
+    from lasp.train.pretrain import pretrain
+
+    shared = tmp_path / "shared-masks"
+    pretrain(tiny_recipe(corpus, tmp_path / "a", f"masks.dir={shared}"), progress=False)
+    rec = LanguageMasks.load(shared).records()["es"]
+    assert rec["base_model"] == "tiny" and len(rec["base_model_targets_sha256"]) == 64
+    # the same preset name built from another seed: other weights, so other masks would have been found
+    with pytest.raises(MaskError, match=r"the set has base_model=tiny \(weights sha256 \w{12}\); the recipe asks "
+                                        r"base_model=tiny \(weights sha256 \w{12}\)"):
+        pretrain(tiny_recipe(corpus, tmp_path / "b", f"masks.dir={shared}", "seed=1"), progress=False)
+
+
 def test_mask_dir_with_files_but_no_config_is_never_overwritten(tmp_path, corpus):
     from lasp.train.pretrain import pretrain
 

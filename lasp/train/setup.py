@@ -18,7 +18,7 @@ from lasp.errors import ConfigError
 from lasp.locks import acquire, release
 from lasp.masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
 from lasp.provenance import (check_language_rows, check_mask_provenance, check_run_record, expected_record,
-                             legacy_record, stage_recipe)
+                             legacy_record, note_base_weights, stage_recipe)
 from lasp.train import distributed as D
 from lasp.train.checkpoint import checkpoint_dir
 from lasp.train.systems import System, random_masks_like
@@ -80,7 +80,10 @@ def _guard_masks(fn):
         if source is not None:
             config = read_config(str(source))
             records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
-            wanted = expected_record(m, cfg.data.train, init)
+            config_base = next(iter(records.values()), {}).get("base_model") if records else None
+            same_base = config_base == (os.path.abspath(init) if os.path.isdir(init) else init)
+            # hash the starting weights only when the set claims to come from them (else nothing to compare)
+            wanted = expected_record(m, cfg.data.train, init, model if same_base else None)
             if source != m.dir:
                 # the masks the starting model was trained with: a later stage may train on other data (labelled
                 # fine-tuning after unlabelled pre-training); the mask settings must still agree
@@ -88,6 +91,7 @@ def _guard_masks(fn):
             check_mask_provenance(source, records, wanted, languages, m.reuse)
         elif system == "lasp":
             check_language_rows(cfg.data.train, languages, m.min_utterances, "masks.min_utterances")
+            note_base_weights(init, model, m.targets)  # recorded with the masks the search makes
             target = Path(m.dir) if m.dir else run_dir / "masks-lasp"
             if info.is_main:
                 acquire(target, "mask set")
