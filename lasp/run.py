@@ -150,6 +150,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                                   "--pattern", m.pattern, "--batches", str(m.max_batches),
                                   "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
                                   "--langs", ",".join(settings.languages), "--out", str(masks),
+                                  "--min-utterances", str(m.min_utterances),
                                   *(["--targets", *m.targets] if m.targets else [])],
                         base_job, masks / "mask_config.json"))
     for system in settings.systems:
