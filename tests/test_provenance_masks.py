@@ -181,12 +181,12 @@ def test_prune_checks_out_and_sparsity_before_scoring(tmp_path, corpus, capsys, 
     def never(*a, **k):
         raise AssertionError("scored before the arguments were checked")
 
-    monkeypatch.setattr(lasp.mask_search, "load_model", never)
+    monkeypatch.setattr(lasp.mask_search, "load_search_model", never)
     afile = tmp_path / "a-file"
     afile.write_text("x")
     base = ["prune", "--model", "tiny", "--data", str(corpus["train"]), "--min-utterances", "2"]
     for extra, expected in ((["--out", str(afile)], "is a file"),
-                            (["--out", str(tmp_path / "m"), "--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
+                            (["--out", str(tmp_path / "m"), "--sparsity", "1.5"], "sparsity' must be in [0, 1)"),
                             (["--out", str(tmp_path / "m"), "--pattern", "4:2"], "--pattern must be")):
         capsys.readouterr()
         assert main([*base, *extra]) == 1

@@ -32,7 +32,7 @@ def corpus(tmp_path_factory):
 
 
 def _final_weights(final: Path) -> dict:
-    return load_file(str(final / "model.safetensors"))
+    return load_file(str(final / "shared" / "model.safetensors"))
 
 
 def test_resume_with_a_changed_recipe_lists_the_keys(tmp_path, corpus):
