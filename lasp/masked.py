@@ -168,7 +168,7 @@ class MaskedModel(nn.Module):
         """Every language selected since the last reset (a step accumulating several micro-batches trains all)."""
         seen = tuple(l for l in self._route.ids if l in self._route.seen)
         if reset:
-            self._route.seen = set(self._route.names)
+            self._route.seen = set()
         return seen
 
     def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
