@@ -151,10 +151,12 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                 scaler.scale(loss).backward()
             total_weight = D.all_sum(weight, info)
             grad_norm = float("nan")
+            unscaled = False
             if not bad:
                 D.all_reduce_grads(params, max(total_weight, 1e-12), info)
                 if use_scaler:
                     scaler.unscale_(inner)
+                    unscaled = True
                 clip = stage.optim.max_grad_norm if stage.optim.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 bad = not math.isfinite(grad_norm)  # identical on every rank after the all-reduce
@@ -165,8 +167,11 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                 optimizer.step(languages=langs)
             else:
                 optimizer.step()
-            if use_scaler:
-                scaler.update()
+            if unscaled:
+                scaler.update()  # reads the inf checks unscale_ recorded (it asserts without them)
+            elif use_scaler:
+                # non-finite loss: no backward, no inf checks to read; back the scale off directly
+                scaler.update(new_scale=scaler.get_scale() * scaler.get_backoff_factor())
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
