@@ -84,7 +84,9 @@ def masked_adamw_step(params: list[torch.Tensor], unions: list[torch.Tensor], st
     for p, bits in zip(params, unions):
         st = state[p]
         if not st:
-            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            # where torch's AdamW keeps it: on the parameter's device for the fused/capturable kernels
+            on_device = group.get("fused") or group.get("capturable")
+            st["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if on_device else "cpu")
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         st["step"] += 1

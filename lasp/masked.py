@@ -117,6 +117,14 @@ class MaskedModel(nn.Module):
         bits = self._stacked_bits(name)
         return bits if device is None else bits.to(device)
 
+    def set_mode(self, mode: str) -> None:
+        """Switch every swapped Linear between ``cast`` and ``reference`` (``auto`` resolves per device)."""
+        if mode not in MODES:
+            raise MaskError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode = mode
+        for module in self.masked_modules():
+            module.mode = resolve_mode(mode, module.weight.device)
+
     def refresh(self) -> None:
         """Drop every cached masked weight (call after editing weights behind autograd, e.g. through ``.data``)."""
         self._route.epoch += 1
