@@ -168,10 +168,9 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
             else:
                 optimizer.step()
             if unscaled:
-                scaler.update()  # reads the inf checks unscale_ recorded (it asserts without them)
-            elif use_scaler:
-                # non-finite loss: no backward, no inf checks to read; back the scale off directly
-                scaler.update(new_scale=scaler.get_scale() * scaler.get_backoff_factor())
+                # update() reads the inf checks unscale_ records and asserts without them; after a non-finite
+                # loss (no backward) the scale stays: it only scales gradients, not the forward that overflowed
+                scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
