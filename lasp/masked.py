@@ -181,11 +181,12 @@ class MaskedModel(nn.Module):
 
     def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
         """``∪ M_l`` over ``languages`` as packed bits on each target's device (cached, 1 bit per weight)."""
-        key = tuple(sorted(set(languages)))
-        if not key:
+        langs = tuple(sorted(set(languages)))
+        if not langs:
             raise MaskError("union over an empty list of languages")
+        key = (langs, tuple(p.device for p in self._targets.values())[:1])  # a moved model gets fresh unions
         if key not in self._union_cache:
-            ids = [self._index(l) for l in key]
+            ids = [self._index(l) for l in langs]
             if len(self._union_cache) >= _UNION_CACHE_SIZE:
                 self._union_cache.pop(next(iter(self._union_cache)))
             self._union_cache[key] = {name: union_packed(self.bits(name, p.device)[ids])

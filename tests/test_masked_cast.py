@@ -180,3 +180,25 @@ def test_mixed_unsorted_batch_equals_per_language_runs_with_grads(tiny_ctc, rand
         single.square().sum().backward()
     for name, p in mm.targets.items():
         torch.testing.assert_close(mixed_grads[name], p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_masked_cast_kernel_under_the_interpreter():
+    pytest.importorskip("triton")
+    import os
+
+    from lasp.kernels import triton_cast
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not set")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(4)
+    for rows, cols, src, dst in ((5, 1030, torch.float32, torch.bfloat16), (3, 13, torch.bfloat16, torch.float32)):
+        x = torch.randn(rows, cols, generator=gen).to(device, src)
+        keep = torch.rand(rows, cols, generator=gen) < 0.5
+        out = torch.empty(rows, cols, dtype=dst, device=device)
+        triton_cast.masked_convert(x, pack_bits(keep).to(device), out)
+        got = out.cpu()
+        assert torch.count_nonzero(got[~keep]) == 0
+        # the interpreter's bf16 conversion may round differently from torch's: compare within one bf16 ulp
+        torch.testing.assert_close(got.float(), (x.cpu().to(dst) * keep).float(), rtol=8e-3, atol=1e-6)
+    assert not triton_cast.usable(torch.zeros(2, 8))  # never a Triton path on CPU tensors

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lasp.bits import unpack_bits
-from lasp.kernels import native
+from lasp.kernels import native, triton_cast
 
 
 def masked_weight(weight: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype,
@@ -29,6 +29,8 @@ def masked_weight(weight: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype,
         out = torch.empty(w.shape, dtype=dtype, device=w.device)
     if dtype == torch.float32 and w.dtype == torch.float32 and native.usable(w, bits, out):
         return native.masked_copy(w, bits, out)
+    if w.dim() == 2 and triton_cast.usable(w, bits, out):
+        return triton_cast.masked_convert(w, bits, out)
     keep = unpack_bits(bits, w.shape)
     torch.where(keep, w.to(dtype), torch.zeros((), dtype=dtype, device=w.device), out=out)
     return out
@@ -43,6 +45,9 @@ def mask_grad_(grad: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 
 def _weight_grad(dy2d: torch.Tensor, x2d: torch.Tensor, bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     dw = dy2d.t().mm(x2d)
+    if dw.dtype != dtype and triton_cast.usable(dw, bits):
+        # the cast back to the parameter's dtype and the mask in one pass
+        return triton_cast.masked_convert(dw, bits, torch.empty(dw.shape, dtype=dtype, device=dw.device))
     if dw.dtype != dtype:
         dw = dw.to(dtype)  # the cast back to the parameter's dtype (bf16 -> fp32 under autocast)
     return mask_grad_(dw, bits)
