@@ -88,7 +88,8 @@ void lasp_masked_add_f32(float* acc, const float* g, const uint8_t* bits, int64_
 /* AdamW (torch's formula, decoupled weight decay) on the entries whose bit is set; every other entry of
    p, m and v keeps its exact bits. Outside-union entries are computed and discarded (branch-free), so the
    loop vectorizes; one pass over p, g, m, v, like torch's fused CPU AdamW. */
-void lasp_masked_adamw_f32(float* p, const float* g, float* m, float* v, const uint8_t* bits,
+void lasp_masked_adamw_f32(float* restrict p, const float* restrict g, float* restrict m, float* restrict v,
+                           const uint8_t* restrict bits,
                            int64_t rows, int64_t cols, double lr, double beta1, double beta2, double eps,
                            double wd, double bc1, double bc2_sqrt, int maximize, int threads) {
     const int64_t nb = (cols + 7) / 8;
@@ -97,7 +98,8 @@ void lasp_masked_adamw_f32(float* p, const float* g, float* m, float* v, const u
                 sign = maximize ? -1.0f : 1.0f;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        float* pr = p + r * cols; const float* gr = g + r * cols; float* mr = m + r * cols; float* vr = v + r * cols;
+        float* restrict pr = p + r * cols; const float* restrict gr = g + r * cols;
+        float* restrict mr = m + r * cols; float* restrict vr = v + r * cols;
         const uint8_t* b = bits + r * nb;
         int64_t j = 0;
         for (; j + 8 <= cols; j += 8) {
