@@ -70,12 +70,15 @@ def _scalar(value) -> float:
 
 
 def masked_adamw_step(params: list[torch.Tensor], unions: list[torch.Tensor], state: dict, group: dict,
-                      decoupled: bool = True) -> None:
+                      decoupled: bool = True, host_steps: dict | None = None) -> None:
     """One AdamW step of ``group``'s hyper-parameters on ``params`` (each with ``.grad``), confined to ``unions``.
 
     ``unions[i]`` is the packed union for ``params[i]``. State is created/updated in ``state[p]`` exactly as
     torch's AdamW keeps it. Entries outside the union keep their bits in the weight and both moments.
+    ``host_steps`` (id(param) -> step count) mirrors the step counters on the host, so a counter that lives on
+    the GPU (fused/capturable AdamW) is read once, not synchronized every step.
     """
+    host_steps = {} if host_steps is None else host_steps
     lr, eps = _scalar(group["lr"]), float(group["eps"])
     beta1, beta2 = (_scalar(b) for b in group["betas"])
     wd = float(group.get("weight_decay", 0.0)) if decoupled else 0.0
@@ -89,8 +92,12 @@ def masked_adamw_step(params: list[torch.Tensor], unions: list[torch.Tensor], st
             st["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device if on_device else "cpu")
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        known = host_steps.get(id(p))
+        if known is None or known[0] is not st["step"]:  # first step, or the state was loaded since
+            known = (st["step"], _scalar(st["step"]))
         st["step"] += 1
-        step = _scalar(st["step"])
+        step = known[1] + 1
+        host_steps[id(p)] = (st["step"], step)
         bc1, bc2_sqrt = 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
         g, m, v = p.grad, st["exp_avg"], st["exp_avg_sq"]
         if p.dtype == torch.float32 and native.usable(p, g, m, v, bits):
@@ -130,6 +137,7 @@ class ConfinedOptimizer:
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._targets = {n: p for n, p in masked_model.targets.items() if id(p) in in_optimizer}
         self.fused = masked_adamw_supported(optimizer)
+        self._host_steps: dict[int, tuple[torch.Tensor, float]] = {}
 
     def step_languages(self, languages: Iterable[str] | None = None) -> tuple[str, ...]:
         """The languages this step is confined to: ``languages`` ∪ every language used since ``zero_grad``."""
@@ -177,7 +185,8 @@ class ConfinedOptimizer:
             entry[1].append(p)
             entry[2].append(union[by_param[id(p)]])
         for group, params, unions in groups.values():
-            masked_adamw_step(params, unions, self.optimizer.state, group, decoupled=decoupled)
+            masked_adamw_step(params, unions, self.optimizer.state, group, decoupled=decoupled,
+                              host_steps=self._host_steps)
         return loss
 
     def _snapshot_step(self, closure, union: dict[str, torch.Tensor]):
