@@ -111,9 +111,9 @@ class MaskedModel(nn.Module):
 
     def bits(self, name: str, device: torch.device | None = None) -> torch.Tensor:
         """Stacked packed masks ``uint8[L, ...]`` of target ``name`` (on ``device`` when given)."""
-        for module in self.masked_modules():
-            if module.target == name:
-                return module.mask_bits if device is None else module.mask_bits.to(device)
+        module = {m.target: m for m in self.masked_modules()}.get(name)
+        if module is not None:
+            return module.mask_bits if device is None else module.mask_bits.to(device)
         bits = self._stacked_bits(name)
         return bits if device is None else bits.to(device)
 
@@ -189,8 +189,10 @@ class MaskedModel(nn.Module):
             ids = [self._index(l) for l in langs]
             if len(self._union_cache) >= _UNION_CACHE_SIZE:
                 self._union_cache.pop(next(iter(self._union_cache)))
-            self._union_cache[key] = {name: union_packed(self.bits(name, p.device)[ids])
-                                      for name, p in self._targets.items()}
+            modules = {m.target: m for m in self.masked_modules()}
+            self._union_cache[key] = {
+                name: union_packed(modules[name].mask_bits[ids] if name in modules else self.bits(name, p.device)[ids])
+                for name, p in self._targets.items()}
         return self._union_cache[key]
 
     def union_mask(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
