@@ -10,6 +10,7 @@
   Peak memory per variant on CUDA.
 - ``layer``: one Linear's training GEMMs (forward, dX, dW) at the XLSR-53 shapes, dense vs the masked cast
   (masked copy build included), with TFLOP/s and % of dense; on CUDA also the 2:4 inference GEMM.
+- Clocks: CUDA events on a GPU; on CPU the process's CPU time (robust to other jobs on a shared machine).
 - ``goals``: one PASS/FAIL line per goal of the masked-execution design; goals that need a GPU print
   "pending (no CUDA device)" elsewhere.
 """
@@ -67,7 +68,10 @@ def _now(device: torch.device):
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
-    return time.perf_counter()
+    # CPU: the process's CPU time (all its threads). On a machine shared with other jobs, wall time mostly
+    # measures their load (a base step's wall time varied 3.7-10.9 s between identical rounds); CPU time
+    # measures the work a variant does.
+    return time.process_time()
 
 
 def _elapsed_ms(start, end, device: torch.device) -> float:
@@ -304,8 +308,13 @@ def _goals(rows: list[BenchRow], device: torch.device, size: str) -> list[Goal]:
 
 def run_bench(size: str = "auto", device: str | torch.device | None = None, warmup: int | None = None,
               repeats: int | None = None, layers: bool = True, step: bool = True, density: float = 0.5,
-              seed: int = 0, modes: tuple[str, ...] = ("cast", "reference")) -> BenchResult:
-    """Run the benchmark; ``size`` "ci" is seconds on CPU, "full" the goal sizes ("auto": full on CUDA, ci on CPU)."""
+              seed: int = 0, modes: tuple[str, ...] = ("cast", "reference"), threads: int | None = None) -> BenchResult:
+    """Run the benchmark; ``size`` "ci" is seconds on CPU, "full" the goal sizes ("auto": full on CUDA, ci on CPU).
+
+    ``threads``: torch's intra-op thread count for the run (CPU; default: unchanged).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     if size not in SIZES:
         raise ConfigError(f"unknown bench size {size!r}; choose one of {', '.join(SIZES)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -354,6 +363,8 @@ def format_table(result: BenchResult | list[BenchRow]) -> str:
                      f"{num(r.tflops, 7, '.2f')} {num(r.peak_mib, 8, '.0f')}  {r.note}".rstrip())
     if isinstance(result, BenchResult):
         lines.append("")
+        lines.append(f"times in ms ({'CUDA events' if torch.cuda.is_available() else 'process CPU time'}, "
+                     f"{torch.get_num_threads()} thread(s)); ratios to the dense row of the same shape")
         lines += [f"{g.status}: {g.name}" + (f" ({g.detail})" if g.detail else "") for g in result.goals]
     return "\n".join(lines)
 
@@ -366,6 +377,7 @@ def write_json(result: BenchResult | list[BenchRow], path: str, device: torch.de
     rows = result.rows if isinstance(result, BenchResult) else result
     goals = result.goals if isinstance(result, BenchResult) else []
     data = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_kernels": status(),
+            "clock": "CUDA events" if device.type == "cuda" else "process CPU time",
             "rows": [asdict(r) for r in rows], "goals": [asdict(g) for g in goals]}
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1)

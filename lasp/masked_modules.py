@@ -127,6 +127,7 @@ class MaskedLinear(nn.Linear):
         self.target = target
         self.mode = mode
         self._copies: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._spares: list[torch.Tensor] = []
         self._mask_cache: dict[int, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
@@ -135,7 +136,8 @@ class MaskedLinear(nn.Linear):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_copies"], state["_mask_cache"] = {}, {}  # caches are rebuilt from the copy's own weights
+        # caches are rebuilt from the copy's own weights
+        state["_copies"], state["_spares"], state["_mask_cache"] = {}, [], {}
         return state
 
     def to_linear(self) -> nn.Linear:
@@ -162,14 +164,23 @@ class MaskedLinear(nn.Linear):
             return hit[1]
         if torch.is_inference_mode_enabled():
             return masked_weight(w, self.mask_bits[lang], dtype)  # inference tensors must not be cached
-        out = masked_weight(w, self.mask_bits[lang], dtype, out=hit[1] if hit is not None else None)
+        buffer = hit[1] if hit is not None else (self._spares.pop() if self._spares else None)
+        out = masked_weight(w, self.mask_bits[lang], dtype, out=buffer)
         self._copies[lang] = ((w._version, w.data_ptr(), w.device, dtype, self.route.epoch), out)
         return out
 
     def trim(self, keep: set[int]) -> None:
-        for cache in (self._copies, self._mask_cache):
-            for lang in [l for l in cache if l not in keep]:
-                del cache[lang]
+        """Drop the copies of languages not in ``keep``; their buffers stay as spares for the next languages.
+
+        Reusing a buffer matters on CPU: a fresh weight-sized allocation is page-faulted in on first write,
+        which costs more than the masked copy itself. Spares are capped at the number of copies held before.
+        """
+        held = len(self._copies)
+        for lang in [l for l in self._copies if l not in keep]:
+            self._spares.append(self._copies.pop(lang)[1])
+        del self._spares[:max(0, len(self._spares) - max(held, 1))]
+        for lang in [l for l in self._mask_cache if l not in keep]:
+            del self._mask_cache[lang]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         route = self.route

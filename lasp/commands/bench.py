@@ -10,7 +10,7 @@ def bench_command(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     result = run_bench(size=args.size, device=args.device, warmup=args.warmup, repeats=args.repeats,
                        layers=not args.no_layers, step=not args.no_step, density=args.density, seed=args.seed,
-                       modes=modes)
+                       modes=modes, threads=args.threads)
     print(format_table(result))
     if args.json:
         write_json(result, args.json, device=args.device)
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--modes", default="cast,reference", help="masked modes to time, comma-separated")
     parser.add_argument("--density", type=float, default=0.5, help="fraction of weights the random masks keep")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU; default: torch's)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-GEMM benchmark")
     parser.add_argument("--no-step", action="store_true", help="skip the whole training-step benchmark")
     parser.add_argument("--json", default=None, help="also write rows and goals to this JSON file")

@@ -69,7 +69,7 @@ class MaskedLinearFunction(torch.autograd.Function):
         dx = dw = db = None
         dy2d = dy.reshape(-1, dy.shape[-1])
         if ctx.needs_input_grad[0]:
-            dx = dy.matmul(wm)
+            dx = dy2d.mm(wm).reshape(*dy.shape[:-1], wm.shape[1])  # one 2-D GEMM (matmul may pick bmm)
         if ctx.needs_input_grad[1]:
             dw = _weight_grad(dy2d, x.reshape(-1, x.shape[-1]), bits, ctx.weight_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:

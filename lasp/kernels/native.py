@@ -4,7 +4,7 @@ Why native code on CPU: every masked operation is memory-bound, and with torch o
 passes over the weights (unpack the bits, convert, multiply) plus temporaries. These loops read each weight
 once and the mask as bits (1/32 of an fp32 weight's bytes), so the masked cast costs one copy and the
 confined AdamW costs what torch's fused CPU AdamW costs. The C source is compiled once per machine with the
-system C compiler (``cc``, OpenMP) into ``$LASP_CACHE`` (default ``~/.cache/lasp``) and loaded with ctypes.
+system C compiler (``cc``) into ``$LASP_CACHE`` (default ``~/.cache/lasp``) and loaded with ctypes.
 
 When no compiler is present, :func:`available` is False, :func:`status` says why, and callers use the
 equivalent torch-op path (same results, slower); ``MaskedModel.summary()`` and ``lasp bench`` report which.
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -45,10 +46,9 @@ static inline float fsel(uint32_t keep, float a, float b) {   /* keep ? a : b, b
 
 /* out = bit ? w : 0 (bit patterns, so exact); one row of bits per weight row */
 void lasp_masked_copy_f32(const uint32_t* w, const uint8_t* bits, uint32_t* out,
-                          int64_t rows, int64_t cols, int threads) {
+                          int64_t r0, int64_t r1, int64_t cols) {
     const int64_t nb = (cols + 7) / 8;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const uint32_t* wr = w + r * cols; uint32_t* o = out + r * cols; const uint8_t* b = bits + r * nb;
         int64_t j = 0;
         for (; j + 8 <= cols; j += 8) {
@@ -60,10 +60,9 @@ void lasp_masked_copy_f32(const uint32_t* w, const uint8_t* bits, uint32_t* out,
 }
 
 /* g = bit ? g : 0 in place */
-void lasp_mask_f32(uint32_t* g, const uint8_t* bits, int64_t rows, int64_t cols, int threads) {
+void lasp_mask_f32(uint32_t* g, const uint8_t* bits, int64_t r0, int64_t r1, int64_t cols) {
     const int64_t nb = (cols + 7) / 8;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         uint32_t* gr = g + r * cols; const uint8_t* b = bits + r * nb;
         int64_t j = 0;
         for (; j + 8 <= cols; j += 8) {
@@ -75,11 +74,10 @@ void lasp_mask_f32(uint32_t* g, const uint8_t* bits, int64_t rows, int64_t cols,
 }
 
 /* acc += bit ? g : 0 (masked accumulation of one segment's dW) */
-void lasp_masked_add_f32(float* acc, const float* g, const uint8_t* bits, int64_t rows, int64_t cols,
-                         int threads) {
+void lasp_masked_add_f32(float* acc, const float* g, const uint8_t* bits, int64_t r0, int64_t r1,
+                         int64_t cols) {
     const int64_t nb = (cols + 7) / 8;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         float* a = acc + r * cols; const float* gr = g + r * cols; const uint8_t* b = bits + r * nb;
         for (int64_t j = 0; j < cols; j++) a[j] += fsel(keep_at(b, j), gr[j], 0.0f);
     }
@@ -90,14 +88,13 @@ void lasp_masked_add_f32(float* acc, const float* g, const uint8_t* bits, int64_
    loop vectorizes; one pass over p, g, m, v, like torch's fused CPU AdamW. */
 void lasp_masked_adamw_f32(float* restrict p, const float* restrict g, float* restrict m, float* restrict v,
                            const uint8_t* restrict bits,
-                           int64_t rows, int64_t cols, double lr, double beta1, double beta2, double eps,
-                           double wd, double bc1, double bc2_sqrt, int maximize, int threads) {
+                           int64_t r0, int64_t r1, int64_t cols, double lr, double beta1, double beta2, double eps,
+                           double wd, double bc1, double bc2_sqrt, int maximize) {
     const int64_t nb = (cols + 7) / 8;
     const float decay = (float)(1.0 - lr * wd), b2 = (float)beta2, omb1 = (float)(1.0 - beta1),
                 omb2 = (float)(1.0 - beta2), step = (float)(lr / bc1), inv_c2 = (float)(1.0 / bc2_sqrt), e = (float)eps,
                 sign = maximize ? -1.0f : 1.0f;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         float* restrict pr = p + r * cols; const float* restrict gr = g + r * cols;
         float* restrict mr = m + r * cols; float* restrict vr = v + r * cols;
         const uint8_t* b = bits + r * nb;
@@ -128,8 +125,10 @@ void lasp_masked_adamw_f32(float* restrict p, const float* restrict g, float* re
 }
 """
 
-# -fno-math-errno lets sqrtf vectorize; -march=native: the library is keyed on this CPU (see _machine_key)
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+# -fno-math-errno lets sqrtf vectorize; -march=native: the library is keyed on this CPU (see _machine_key).
+# No OpenMP: a second OpenMP runtime next to torch's spins its idle threads against torch's own pool (on a
+# shared 2-core machine that made whole steps 40 % slower); rows are split over a small thread pool instead.
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -173,10 +172,10 @@ def _build() -> ctypes.CDLL:
             os.replace(out, lib)  # atomic: a concurrent build of the same source is harmless
     dll = ctypes.CDLL(lib)
     i64, f64, vp, ci = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
-    dll.lasp_masked_copy_f32.argtypes = [vp, vp, vp, i64, i64, ci]
-    dll.lasp_mask_f32.argtypes = [vp, vp, i64, i64, ci]
-    dll.lasp_masked_add_f32.argtypes = [vp, vp, vp, i64, i64, ci]
-    dll.lasp_masked_adamw_f32.argtypes = [vp, vp, vp, vp, vp, i64, i64, f64, f64, f64, f64, f64, f64, f64, ci, ci]
+    dll.lasp_masked_copy_f32.argtypes = [vp, vp, vp, i64, i64, i64]
+    dll.lasp_mask_f32.argtypes = [vp, vp, i64, i64, i64]
+    dll.lasp_masked_add_f32.argtypes = [vp, vp, vp, i64, i64, i64]
+    dll.lasp_masked_adamw_f32.argtypes = [vp, vp, vp, vp, vp, i64, i64, i64, f64, f64, f64, f64, f64, f64, f64, ci]
     return dll
 
 
@@ -188,7 +187,7 @@ def _lib() -> ctypes.CDLL | None:
                     _STATE.update(lib=None, why="disabled by LASP_NATIVE=0")
                 else:
                     try:
-                        _STATE.update(lib=_build(), why="compiled C loops (OpenMP)")
+                        _STATE.update(lib=_build(), why="compiled C loops")
                     except (RuntimeError, OSError) as err:
                         _STATE.update(lib=None, why=str(err))
     return _STATE["lib"]  # type: ignore[return-value]
@@ -229,23 +228,46 @@ def _bump(*tensors: torch.Tensor) -> None:
         torch.autograd.graph.increment_version(t)
 
 
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_MIN_SPLIT = 1 << 18  # elements below which one thread does the whole tensor
+
+
+def _over_rows(fn, rows: int, cols: int, *args) -> None:
+    """``fn(*args, r0, r1, cols, ...)`` over row blocks, split across torch's thread count.
+
+    ctypes releases the GIL for the call, so the blocks run in parallel; idle pool threads sleep on a queue.
+    """
+    threads = min(torch.get_num_threads(), rows)
+    if threads <= 1 or rows * cols < _MIN_SPLIT:
+        fn(*args[0], 0, rows, cols, *args[1])
+        return
+    pool = _POOL.get(threads)
+    if pool is None:
+        pool = _POOL[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="lasp-native")
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    futures = [pool.submit(fn, *args[0], bounds[i], bounds[i + 1], cols, *args[1]) for i in range(1, threads)]
+    fn(*args[0], bounds[0], bounds[1], cols, *args[1])
+    for future in futures:
+        future.result()
+
+
 def masked_copy(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     rows, cols = _rows_cols(weight)
-    _lib().lasp_masked_copy_f32(_ptr(weight), _ptr(bits), _ptr(out), rows, cols, torch.get_num_threads())
+    _over_rows(_lib().lasp_masked_copy_f32, rows, cols, (_ptr(weight), _ptr(bits), _ptr(out)), ())
     _bump(out)
     return out
 
 
 def mask_(grad: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     rows, cols = _rows_cols(grad)
-    _lib().lasp_mask_f32(_ptr(grad), _ptr(bits), rows, cols, torch.get_num_threads())
+    _over_rows(_lib().lasp_mask_f32, rows, cols, (_ptr(grad), _ptr(bits)), ())
     _bump(grad)
     return grad
 
 
 def masked_add_(acc: torch.Tensor, grad: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     rows, cols = _rows_cols(acc)
-    _lib().lasp_masked_add_f32(_ptr(acc), _ptr(grad), _ptr(bits), rows, cols, torch.get_num_threads())
+    _over_rows(_lib().lasp_masked_add_f32, rows, cols, (_ptr(acc), _ptr(grad), _ptr(bits)), ())
     _bump(acc)
     return acc
 
@@ -254,7 +276,7 @@ def masked_adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor
                   bits: torch.Tensor, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                   bias_correction1: float, bias_correction2_sqrt: float, maximize: bool) -> None:
     rows, cols = _rows_cols(param)
-    _lib().lasp_masked_adamw_f32(_ptr(param), _ptr(grad), _ptr(exp_avg), _ptr(exp_avg_sq), _ptr(bits), rows, cols,
-                                 lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt,
-                                 int(maximize), torch.get_num_threads())
+    _over_rows(_lib().lasp_masked_adamw_f32, rows, cols,
+               (_ptr(param), _ptr(grad), _ptr(exp_avg), _ptr(exp_avg_sq), _ptr(bits)),
+               (lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt, int(maximize)))
     _bump(param, exp_avg, exp_avg_sq)
