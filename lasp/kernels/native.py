@@ -73,16 +73,6 @@ void lasp_mask_f32(uint32_t* g, const uint8_t* bits, int64_t r0, int64_t r1, int
     }
 }
 
-/* acc += bit ? g : 0 (masked accumulation of one segment's dW) */
-void lasp_masked_add_f32(float* acc, const float* g, const uint8_t* bits, int64_t r0, int64_t r1,
-                         int64_t cols) {
-    const int64_t nb = (cols + 7) / 8;
-    for (int64_t r = r0; r < r1; r++) {
-        float* a = acc + r * cols; const float* gr = g + r * cols; const uint8_t* b = bits + r * nb;
-        for (int64_t j = 0; j < cols; j++) a[j] += fsel(keep_at(b, j), gr[j], 0.0f);
-    }
-}
-
 /* AdamW (torch's formula, decoupled weight decay) on the entries whose bit is set; every other entry of
    p, m and v keeps its exact bits. Outside-union entries are computed and discarded (branch-free), so the
    loop vectorizes; one pass over p, g, m, v, like torch's fused CPU AdamW. */
@@ -174,7 +164,6 @@ def _build() -> ctypes.CDLL:
     i64, f64, vp, ci = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     dll.lasp_masked_copy_f32.argtypes = [vp, vp, vp, i64, i64, i64]
     dll.lasp_mask_f32.argtypes = [vp, vp, i64, i64, i64]
-    dll.lasp_masked_add_f32.argtypes = [vp, vp, vp, i64, i64, i64]
     dll.lasp_masked_adamw_f32.argtypes = [vp, vp, vp, vp, vp, i64, i64, i64, f64, f64, f64, f64, f64, f64, f64, ci]
     return dll
 
@@ -263,13 +252,6 @@ def mask_(grad: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     _over_rows(_lib().lasp_mask_f32, rows, cols, (_ptr(grad), _ptr(bits)), ())
     _bump(grad)
     return grad
-
-
-def masked_add_(acc: torch.Tensor, grad: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    rows, cols = _rows_cols(acc)
-    _over_rows(_lib().lasp_masked_add_f32, rows, cols, (_ptr(acc), _ptr(grad), _ptr(bits)), ())
-    _bump(acc)
-    return acc
 
 
 def masked_adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
