@@ -13,8 +13,9 @@ optimizer keeps the state (``exp_avg``, ``exp_avg_sq``, ``step``) in its usual p
 Any other optimizer falls back to a snapshot of each targeted weight and its same-shape state before the
 inner step and a bitwise restore outside the union afterwards (correct for every optimizer, one extra copy).
 
-S is every language selected since the last ``zero_grad`` (gradient accumulation over micro-batches of
-different languages), plus the active selection, plus ``languages`` when given (under DDP: all ranks').
+S is every language whose forward ran with gradients since the last ``zero_grad`` (gradient accumulation over
+micro-batches of different languages; evaluation under ``no_grad`` does not count), or the active selection
+when none did, plus ``languages`` when given (under DDP: all ranks').
 """
 from __future__ import annotations
 
@@ -140,9 +141,10 @@ class ConfinedOptimizer:
         self._host_steps: dict[int, tuple[torch.Tensor, float]] = {}
 
     def step_languages(self, languages: Iterable[str] | None = None) -> tuple[str, ...]:
-        """The languages this step is confined to: ``languages`` ∪ every language used since ``zero_grad``."""
+        """The languages this step is confined to: ``languages`` ∪ every language trained since ``zero_grad``
+        (the active selection when no forward with gradients ran since)."""
         mm = self.masked_model
-        langs = set(languages or ()) | set(mm.languages_since_reset()) | set(mm.active_languages)
+        langs = set(languages or ()) | set(mm.languages_since_reset() or mm.active_languages)
         return tuple(l for l in mm.languages if l in langs)
 
     @torch.no_grad()

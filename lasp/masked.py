@@ -173,10 +173,12 @@ class MaskedModel(nn.Module):
             self._trim_cache()
 
     def languages_since_reset(self, reset: bool = False) -> tuple[str, ...]:
-        """Every language selected since the last reset (a step accumulating several micro-batches trains all)."""
+        """Every language run with gradients since the last reset (a step accumulating micro-batches of several
+        languages trains all of them; forwards under ``no_grad``, e.g. evaluation, do not count)."""
         seen = tuple(l for l in self._route.ids if l in self._route.seen)
         if reset:
             self._route.seen = set()
+            self._route.marked = False
         return seen
 
     def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -39,7 +39,8 @@ class Route:
         self.segments: Segments | None = None
         self.names: tuple[str, ...] = ()
         self.epoch = 0
-        self.seen: set[str] = set()  # languages selected since the optimizer last consumed them
+        self.seen: set[str] = set()  # languages run with gradients since the optimizer last consumed them
+        self.marked = False
         self._device_cache: dict = {}
 
     @property
@@ -66,14 +67,21 @@ class Route:
             else:
                 self.lang, self.segments = None, segments_of(ids)
             self.names = tuple(dict.fromkeys(langs))
-        self.seen.update(self.names)
+        self.marked = False
         self._device_cache = {}
+
+    def mark_trained(self) -> None:
+        """Called by the modules when they run with gradients: these languages take part in the next step."""
+        if not self.marked and torch.is_grad_enabled():
+            self.seen.update(self.names)
+            self.marked = True
 
     def state(self) -> tuple:
         return self.lang, self.segments, self.names
 
     def restore(self, state: tuple) -> None:
         self.lang, self.segments, self.names = state
+        self.marked = False
         self._device_cache = {}
 
     def regroup(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -186,6 +194,7 @@ class MaskedLinear(nn.Linear):
         route = self.route
         if route.dense:
             return F.linear(x, self.weight, self.bias)
+        route.mark_trained()
         if self.mode == "reference":
             if route.lang is not None:
                 return masked_linear_reference(x, self.weight, self.bias, self.mask_bits, lang=route.lang,
@@ -233,6 +242,7 @@ class MaskedForward:
         module, route = self.module, self.route
         if route.dense or self.reentered:
             return type(module).forward(module, *args, **kwargs)
+        route.mark_trained()
         if route.lang is None:
             raise MaskError(f"mixed-language batches support Linear weights only; {self.entries[0][0]} is a "
                             f"{type(module).__name__} parameter (use one language per batch)")

@@ -130,3 +130,18 @@ def test_unions_are_cached_as_packed_bits(tiny_ctc, random_masks):
     assert mm.union_bits(["de", "es"]) is bits  # one cache entry per set of languages
     for name, m in mm.union_mask(["es", "de"]).items():
         assert torch.equal(m, random_masks["es"][name] | random_masks["de"][name])
+
+
+def test_evaluation_between_steps_does_not_widen_the_union(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    optimizer = ConfinedOptimizer(torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1), mm)
+    _train(mm, optimizer, [[["es"]], [["ru"]]])
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    optimizer.zero_grad()
+    mm.set_language("de")
+    mm(**make_ctc_batch(12, batch_size=1, samples=4000, seed=7)).loss.backward()
+    with torch.no_grad(), mm.language("es"):  # an evaluation pass in the middle of the step
+        mm(**make_ctc_batch(12, batch_size=1, samples=4000, seed=8))
+    assert optimizer.step_languages() == ("de",)
+    optimizer.step()
+    assert _outside_unchanged(mm, before, ["de"])
