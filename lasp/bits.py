@@ -67,28 +67,25 @@ def popcount(packed: torch.Tensor) -> int:
     return int(_POPCOUNT_CACHE[packed.device][packed.long()].sum())
 
 
-def union_packed(stacked: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """Bitwise OR of packed masks (``uint8[L, ...]`` or a list of equal-shape packed tensors): the packed union."""
+def _fold_packed(stacked: torch.Tensor | list[torch.Tensor], op: str, what: str) -> torch.Tensor:
     if isinstance(stacked, (list, tuple)):
         if not stacked:
-            raise ValueError("union of an empty list of masks")
+            raise ValueError(f"{what} of an empty list of masks")
         stacked = torch.stack(list(stacked))
     acc = stacked[0].clone()
     for extra in stacked[1:]:
-        acc.bitwise_or_(extra)
+        getattr(acc, op)(extra)
     return acc
+
+
+def union_packed(stacked: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Bitwise OR of packed masks (``uint8[L, ...]`` or a list of equal-shape packed tensors): the packed union."""
+    return _fold_packed(stacked, "bitwise_or_", "union")
 
 
 def intersection_packed(stacked: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """Bitwise AND of packed masks: the packed intersection."""
-    if isinstance(stacked, (list, tuple)):
-        if not stacked:
-            raise ValueError("intersection of an empty list of masks")
-        stacked = torch.stack(list(stacked))
-    acc = stacked[0].clone()
-    for extra in stacked[1:]:
-        acc.bitwise_and_(extra)
-    return acc
+    return _fold_packed(stacked, "bitwise_and_", "intersection")
 
 
 def iou_packed(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
