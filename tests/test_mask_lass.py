@@ -52,3 +52,24 @@ def test_lass_bad_settings_are_named(tiny_ctc):
         lass_language_masks(tiny_ctc, _batches(), sparsity=0.5, criterion="delta", progress=False)
     with pytest.raises(ConfigError, match="masks.lass_steps"):
         lass_language_masks(tiny_ctc, _batches(), sparsity=0.5, steps=0, progress=False)
+
+
+def test_prune_with_lass_prints_specificity(tmp_path, capsys):
+    from lasp.cli import main
+    from lasp.data.synth import synthesize_corpus
+    from lasp.masks import LanguageMasks
+
+    corpus = synthesize_corpus(["es", "de"], tmp_path / "c", utterances_per_lang=4, test_utterances=1,
+                               dev_utterances=1, seed=0, workers=1)
+    out = tmp_path / "lass"
+    assert main(["prune", "--model", "tiny", "--data", corpus["train"], "--method", "lass", "--lass-steps", "2",
+                 "--lass-criterion", "magnitude", "--batches", "1", "--batch-size", "2", "--sparsity", "0.4",
+                 "--out", str(out)]) == 0
+    masks = LanguageMasks.load(out)
+    assert masks.metadata["method"] == "lass" and masks.metadata["criterion"] == "magnitude"
+    assert masks.metadata["steps"] == 2
+    assert all(masks.sparsity(lang) == pytest.approx(0.4, abs=1e-4) for lang in masks.languages)
+    s = specificity(compute_overlap(masks))
+    printed = capsys.readouterr().out
+    assert f"specificity: mean pairwise IoU {s['mean_iou']:.3f} vs {s['mean_random_iou']:.3f}" in printed
+    assert f"kept weights unique to one language: {s['mean_unique_share']:.3f}" in printed

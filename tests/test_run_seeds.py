@@ -54,6 +54,20 @@ def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypa
     assert "| lass |" in text.split("## How language-specific the masks are")[1]
 
 
+def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
+    from lasp.run import make_corpus
+    from lasp.run_report import corpus_sentence
+
+    cfg = load_recipe(demo_recipe_path(), [f"run.corpus={tmp_path}/c", "run.languages=[es,de,ru]",
+                                           "run.low_resource=[de]", "run.train_utterances=10",
+                                           "run.test_utterances=1", "run.dev_utterances=1"])
+    settings = run_settings(cfg)
+    manifests = make_corpus(cfg, settings)
+    assert _langs(Path(manifests["train"])) == {"es": 10, "de": 2, "ru": 10}   # low_factor 5: 1/5 of the data
+    assert _langs(Path(manifests["test"])) == {"es": 1, "de": 1, "ru": 1}      # every language tested alike
+    assert "low-resource: de at 1/5" in corpus_sentence(settings, manifests)
+
+
 def test_low_resource_language_must_be_a_run_language():
     cfg = load_recipe(demo_recipe_path(), ["run.low_resource=[fi]"])
     with pytest.raises(ConfigError, match="run.low_resource: 'fi' is not one of run.languages"):
