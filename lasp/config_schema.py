@@ -68,6 +68,10 @@ class MaskConfig:
     imp_rounds: int = 3
     imp_steps: int = 50
     imp_lr: float = 5e-4
+    # use the mask set in dir (or the starting model's) even if its recorded scorer/sparsity/data/... differ
+    reuse: bool = False
+    # a language needs at least this many training rows to get a mask searched for it
+    min_utterances: int = 20
     # lass only: Adam steps and learning rate of each language's short adaptation of the shared model, and what
     # is pruned afterwards: the smallest adapted weights (magnitude) or the least-changed ones (change)
     lass_steps: int = 50
@@ -123,6 +127,9 @@ class StageConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     # continue from the latest checkpoint in run_dir when there is one
     resume: bool = True
+    # recipe keys allowed to differ from the ones the run started with when resuming, e.g. [max_steps,
+    # max_minutes] (stage keys by name, others dotted: data.batch_size)
+    resume_allow: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -4,7 +4,9 @@ A mask set on disk is a directory::
 
     mask_config.json            format version, base model, languages, parameter
                                 names and shapes, sparsity per language, scorer,
-                                data, packing
+                                data, packing; per language: what made it
+                                (``provenance``), the file's sha256 and the kept
+                                count, checked on every load
     masks.<lang>.safetensors    bit-packed uint8 tensors keyed by parameter name
 
 Masks stay bit-packed in memory (1 bit per weight, layout of :mod:`lasp.bits`)
@@ -13,43 +15,23 @@ languages can be resident at once. Loading one language reads one file.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-import tempfile
 from typing import Iterable, Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lasp import __version__
 from lasp.bits import pack_bits, packed_shape, popcount, unpack_bits
 from lasp.errors import MaskError
+from lasp.locks import locked
+from lasp.provenance import legacy_record, mask_record, sha256_file
 from lasp.targets import canonical_parameters
 
-FORMAT = "lasp-masks"
-FORMAT_VERSION = 1
-CONFIG_NAME = "mask_config.json"
-_LANG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def mask_file_name(lang: str) -> str:
-    return f"masks.{lang}.safetensors"
-
-
-def _check_language_code(lang: str) -> None:
-    if not isinstance(lang, str) or not _LANG_RE.match(lang):
-        raise MaskError(f"language code {lang!r} cannot name a mask file (letters, digits, '_', '-', '.')")
-
-
-def _atomic_write_json(path: str, data: dict) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+# on-disk format helpers live in lasp.mask_store; re-exported here, where users look for them
+from lasp.mask_store import (CONFIG_NAME, FORMAT, FORMAT_VERSION, _atomic_write_json, _check_counts,  # noqa: F401
+                             _check_language_code, _merge_old, _read_config, _read_tensors, check_mask_dir,
+                             mask_file_name, mask_files_in, read_config, remove_mask_set)
 
 
 class LanguageMasks:
@@ -220,89 +202,93 @@ class LanguageMasks:
                                 f"{list(params[name].shape)}")
 
     # ------------------------------------------------------------------ disk format
+    def records(self) -> dict[str, dict]:
+        """Per-language provenance: what made each language's mask (scorer, sparsity, data, base model, ...)."""
+        stored = self.metadata.get("provenance") or {}
+        return {lang: dict(stored.get(lang) or mask_record(self.metadata, lang)) for lang in self.languages}
+
     def config(self) -> dict:
+        records = self.records()
+        meta = {k: v for k, v in self.metadata.items()
+                if k not in ("format", "format_version", "lasp_version", "provenance", "checksums", "kept",
+                             "available_languages")}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "lasp_version": __version__,
-            **{k: v for k, v in self.metadata.items() if k not in ("format", "format_version", "lasp_version")},
+            **meta,
             "languages": self.languages,
             "parameters": {name: list(shape) for name, shape in self._shapes.items()},
             "sparsity": {lang: round(self.sparsity(lang), 6) for lang in self.languages},
+            "kept": {lang: self.kept(lang) for lang in self.languages},
+            "provenance": records,
             "packing": {"dtype": "uint8", "axis": -1, "bitorder": "little", "bits_per_weight": 1,
                         "file": "masks.<lang>.safetensors"},
         }
 
-    def save(self, directory: str | os.PathLike) -> str:
-        """Write the mask set; languages already in an existing set there are kept."""
+    def save(self, directory: str | os.PathLike, mode: str = "merge") -> str:
+        """Write the mask set.
+
+        ``mode="merge"``: languages of an existing set there that this one does not have are kept, each with
+        its own provenance record (set-wide fields become ``"mixed"`` where languages disagree);
+        ``"new"``: refuse a folder that already holds a mask set. A folder with mask files but no config is
+        always refused. One writer at a time (a lock in the folder).
+        """
+        if mode not in ("merge", "new"):
+            raise MaskError(f"unknown save mode {mode!r}")
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
-        config = self.config()
-        existing_path = os.path.join(directory, CONFIG_NAME)
-        if os.path.isfile(existing_path):
-            old = _read_config(directory)
-            if old["parameters"] != config["parameters"]:
-                raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
-            for lang in old["languages"]:
-                if lang not in config["languages"]:
-                    config["languages"].append(lang)
-                    config["sparsity"][lang] = old.get("sparsity", {}).get(lang)
-        for lang in self.languages:
-            path = os.path.join(directory, mask_file_name(lang))
-            tmp = path + ".tmp"
-            save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
-                      metadata={"format": FORMAT, "language": lang})
-            os.replace(tmp, path)
-        _atomic_write_json(existing_path, config)
+        with locked(directory, "mask set"):
+            check_mask_dir(directory)
+            config = self.config()
+            existing_path = os.path.join(directory, CONFIG_NAME)
+            if os.path.isfile(existing_path):
+                old = _read_config(directory)
+                if mode == "new":
+                    raise MaskError(f"{directory} already holds a mask set ({', '.join(old['languages'])})")
+                if old["parameters"] != config["parameters"]:
+                    raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
+                _merge_old(config, old)
+            config["checksums"] = dict(config.get("checksums", {}))
+            for lang in self.languages:
+                path = os.path.join(directory, mask_file_name(lang))
+                tmp = path + f".tmp{os.getpid()}"
+                save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
+                          metadata={"format": FORMAT, "language": lang})
+                config["checksums"][lang] = sha256_file(tmp)
+                os.replace(tmp, path)
+            _atomic_write_json(existing_path, config)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, languages: Iterable[str] | None = None) -> "LanguageMasks":
-        """Read a mask set; only the files of ``languages`` (default: all) are opened."""
+        """Read a mask set; only the files of ``languages`` (default: all) are opened.
+
+        Each file's sha256 and kept count are checked against ``mask_config.json`` (a changed byte is an
+        error naming the file); every language name must be a plain code (it names a file in this folder).
+        """
         directory = os.fspath(directory)
         config = _read_config(directory)
         known = config["languages"]
+        for lang in known:
+            _check_language_code(lang, f"{os.path.join(directory, CONFIG_NAME)}: languages")
         wanted = list(known) if languages is None else list(languages)
         for lang in wanted:
             if lang not in known:
                 raise MaskError(f"unknown language {lang!r} in {directory}; it has: {', '.join(known)}")
         shapes = {name: tuple(shape) for name, shape in config["parameters"].items()}
-        metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing")}
+        metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing",
+                                                                  "checksums", "kept")}
+        metadata["provenance"] = {lang: (config.get("provenance") or {}).get(lang) or legacy_record(config, lang)
+                                  for lang in known}
         metadata["available_languages"] = list(known)
         masks = cls({}, shapes, metadata)
         for lang in wanted:
             path = os.path.join(directory, mask_file_name(lang))
+            expected = (config.get("checksums") or {}).get(lang)
+            if expected is not None and os.path.isfile(path) and sha256_file(path) != expected:
+                raise MaskError(f"{path}: corrupt or changed: its sha256 differs from the one {CONFIG_NAME} "
+                                "records; restore the file or search this language's mask again")
             masks._packed[lang] = masks._checked(lang, _read_tensors(path), where=path)
+            _check_counts(masks, lang, config, path)
         return masks
-
-
-def _read_config(directory: str) -> dict:
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isdir(directory):
-        raise MaskError(f"mask directory {directory} does not exist")
-    if not os.path.isfile(path):
-        raise MaskError(f"{directory} is not a mask set: {CONFIG_NAME} is missing")
-    try:
-        with open(path) as fh:
-            config = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise MaskError(f"{path}: cannot read mask config: {err}") from None
-    if config.get("format") != FORMAT:
-        raise MaskError(f"{path}: not a lasp mask config (format={config.get('format')!r})")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise MaskError(f"{path}: format version {config['format_version']} is newer than this lasp "
-                        f"understands ({FORMAT_VERSION}); upgrade lasp")
-    for key in ("languages", "parameters"):
-        if key not in config:
-            raise MaskError(f"{path}: missing key {key!r}")
-    return config
-
-
-def _read_tensors(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise MaskError(f"mask file {path} is missing")
-    try:
-        with safe_open(path, framework="pt") as fh:
-            return {key: fh.get_tensor(key) for key in fh.keys()}
-    except Exception as err:  # safetensors raises several types for truncated/corrupt files
-        raise MaskError(f"{path}: corrupt or truncated mask file ({type(err).__name__}: {err})") from None

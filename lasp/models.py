@@ -115,6 +115,9 @@ def checkpoint_heads(name_or_path: str) -> list[str]:
 def check_head(name_or_path: str, head: str) -> None:
     """A checkpoint directory must have been saved with ``head`` (else that head would be random weights)."""
     if os.path.isdir(name_or_path):
+        from lasp.preflight import check_model_source
+
+        check_model_source("model", name_or_path)  # no weights at all says so, before any head is judged
         name_or_path = str(model_dir(name_or_path))
     if head == "base" or is_preset(name_or_path) or not os.path.isfile(os.path.join(name_or_path, "config.json")):
         return  # load_model itself reports a path that is not a checkpoint

@@ -189,6 +189,7 @@ def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job:
                       "--pattern", m.pattern, "--batches", str(m.max_batches),
                       "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
                       "--langs", ",".join(settings.languages), "--out", str(masks),
+                      "--min-utterances", str(m.min_utterances),
                       *(["--targets", *m.targets] if m.targets else [])],
                base_job, masks / "mask_config.json")
 

@@ -45,10 +45,10 @@ def test_truncated_or_corrupt_file(random_masks, tmp_path):
     path = tmp_path / mask_file_name("de")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MaskError, match=r"masks\.de\.safetensors: corrupt or truncated"):
+    with pytest.raises(MaskError, match=r"masks\.de\.safetensors: corrupt"):
         LanguageMasks.load(tmp_path, languages=["de"])
     path.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(MaskError, match="corrupt or truncated"):
+    with pytest.raises(MaskError, match=r"masks\.de\.safetensors: corrupt"):
         LanguageMasks.load(tmp_path, languages=["de"])
     (tmp_path / "mask_config.json").write_text("{broken")
     with pytest.raises(MaskError, match="mask_config.json: cannot read"):

@@ -77,7 +77,7 @@ def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monke
             assert torch.equal(t, reference), stage
     # the normalization travels with the model: both stage outputs carry the feature-extractor config
     for out in (pre, fin):
-        assert json.loads((out / "preprocessor_config.json").read_text())["do_normalize"] is True
+        assert json.loads((out / "shared" / "preprocessor_config.json").read_text())["do_normalize"] is True
 
 
 def test_a_checkpoint_without_normalization_is_fed_raw_audio(tmp_path):

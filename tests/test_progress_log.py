@@ -29,7 +29,8 @@ def start_pretrain(tmp_path: Path, corpus: dict, steps: int, log: Path, every: s
     cmd = [sys.executable, "-m", "lasp", "pretrain", "-", *FAST_MODEL, "threads=1", "device=cpu",
            f"output_dir={tmp_path / 'runs'}", f"data.train={corpus['train']}", "data.batch_size=2",
            "pretrain.num_negatives=5", "pretrain.mask_time_length=2", "pretrain.mask_time_prob=0.5",
-           "masks.max_batches=1", "masks.scorer=magnitude", f"pretrain.max_steps={steps}", "pretrain.log_every=1",
+           "masks.max_batches=1", "masks.scorer=magnitude", "masks.min_utterances=2", f"pretrain.max_steps={steps}",
+           "pretrain.log_every=1",
            "pretrain.ckpt_every=100000"]
     cmd[cmd.index("-")] = str(ROOT / "recipes" / "pretrain_tiny.yaml")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LASP_PROGRESS_SECONDS": every}
@@ -70,7 +71,9 @@ def test_ctrl_c_during_training_is_one_line(tmp_path, corpus):
     text = log.read_text()
     assert "Traceback" not in text, text
     last = text.splitlines()[-1]
-    assert last.startswith("lasp pretrain: interrupted; resume with: lasp pretrain "), last
+    # training saved a checkpoint and says where; the CLI adds the command that resumes
+    assert last.startswith("lasp pretrain: interrupted at step "), last
+    assert "; checkpoint saved in " in last and " (resume with: lasp pretrain " in last, last
     assert "pretrain.max_steps=100000" in last
 
 

@@ -77,7 +77,7 @@ def test_unknown_system_is_named(tmp_path):
 def test_toy_run_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), [
-        "output_dir=out", "masks.dir=out/masks-lasp", "masks.max_batches=1",
+        "output_dir=out", "masks.dir=out/masks-lasp", "masks.max_batches=1", "masks.min_utterances=2",
         "run.corpus=out/corpus", "run.languages=[es,de]", "run.train_utterances=6", "run.test_utterances=2",
         "run.dev_utterances=1", "run.base_minutes=1", "run.base_steps=3", "run.base_threads=1",
         "run.report=out/report.md", "pretrain.max_steps=2", "finetune.max_steps=3", "finetune.optim.warmup_steps=1",

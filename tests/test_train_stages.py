@@ -92,7 +92,7 @@ def test_imp_mask_search_and_cli_round_trip(tmp_path, corpus, capsys):
     over = [*FAST_MODEL, "threads=1", "device=cpu", f"output_dir={tmp_path / 'runs'}",
             f"data.train={corpus['train']}", f"data.test={corpus['test']}", "data.batch_size=2",
             "masks.method=imp", "masks.imp_rounds=2", "masks.imp_steps=2", "masks.max_batches=2",
-            "masks.sparsity=0.4", "finetune.system=lasp", "finetune.max_steps=3",
+            "masks.sparsity=0.4", "masks.min_utterances=2", "finetune.system=lasp", "finetune.max_steps=3",
             # the search scores a preset with the pre-training loss: short clips need short mask spans
             "pretrain.mask_time_length=2", "pretrain.num_negatives=5"]
     assert main(["finetune", str(recipe), *over]) == 0

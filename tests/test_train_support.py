@@ -49,7 +49,7 @@ def fast_recipe(root: Path, manifests: dict, *extra: str):
         *FAST_MODEL, "threads=1", "device=cpu", f"output_dir={root / 'runs'}",
         f"data.train={manifests['train']}", f"data.test={manifests['test']}", "data.batch_size=2",
         "pretrain.num_negatives=5", "pretrain.mask_time_length=2", "pretrain.mask_time_prob=0.5",
-        "masks.max_batches=2", "masks.sparsity=0.5", "masks.scorer=magnitude",
+        "masks.max_batches=2", "masks.sparsity=0.5", "masks.scorer=magnitude", "masks.min_utterances=2",
         "pretrain.log_every=1", "finetune.log_every=1", "finetune.optim.lr=1e-3", "pretrain.optim.lr=1e-3",
         "finetune.optim.schedule=linear-warmup", "finetune.optim.warmup_steps=2",
         *extra,

@@ -35,7 +35,8 @@ def cmd_commonvoice(args) -> int:
     from lasp.data.commonvoice import import_commonvoice
 
     paths = import_commonvoice(args.root, _langs(args.langs), args.out, copy_audio=args.copy_audio,
-                               splits=_langs(args.splits), on_bad=args.on_bad, max_per_split=args.max_per_split)
+                               splits=_langs(args.splits), on_bad=args.on_bad, max_per_split=args.max_per_split,
+                               existing=args.existing)
     _print_manifests(paths)
     return 0
 
@@ -44,7 +45,7 @@ def cmd_table(args) -> int:
     from lasp.data.importers import import_table
 
     paths = import_table(args.table, args.out, columns=_columns(args.column), lang=args.lang, split=args.split,
-                         audio_root=args.audio_root, on_bad=args.on_bad)
+                         audio_root=args.audio_root, on_bad=args.on_bad, existing=args.existing)
     _print_manifests(paths)
     return 0
 
@@ -53,7 +54,7 @@ def cmd_hf(args) -> int:
     from lasp.data.importers import import_hf_disk
 
     paths = import_hf_disk(args.path, args.out, columns=_columns(args.column), lang=args.lang, split=args.split,
-                           audio_root=args.audio_root, on_bad=args.on_bad)
+                           audio_root=args.audio_root, on_bad=args.on_bad, existing=args.existing)
     _print_manifests(paths)
     return 0
 
@@ -121,6 +122,11 @@ def register(sub) -> None:
     def bad_policy(q):
         q.add_argument("--on-bad", choices=["skip", "error"], default="skip",
                        help="skip (and count) rows with missing/unreadable audio, or stop at the first")
+        how = q.add_mutually_exclusive_group()
+        how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
+                         help="add these languages to manifests already in --out")
+        how.add_argument("--force", dest="existing", action="store_const", const="replace",
+                         help="replace manifests already in --out")
 
     q = dsub.add_parser("import-commonvoice", help="Common Voice release (ROOT/<lang>/{train,dev,test}.tsv, clips/)")
     q.add_argument("root")

@@ -21,6 +21,10 @@ def masks_info(args: argparse.Namespace) -> int:
     print(f"mask set {args.mask_dir}: base model {meta.get('base_model')}, scorer {meta.get('scorer')}, "
           f"scope {meta.get('scope')}, pattern {meta.get('pattern')}")
     print(masks.summary())
+    print("\nwhat made each language (files verified against their recorded sha256)")
+    for lang, rec in masks.records().items():
+        print(f"  {lang:>8}  {rec.get('method')}/{rec.get('scorer')} sparsity {rec.get('sparsity')} "
+              f"{rec.get('pattern')} {rec.get('scope')}  data {rec.get('data')}  base {rec.get('base_model')}")
     if len(masks) > 1:
         print("\npairwise IoU |A∧B|/|A∨B|")
         print(iou_table(masks))
@@ -32,7 +36,8 @@ PRUNE_KEYS = {"method": "masks.method", "scorer": "masks.scorer", "sparsity": "m
               "scope": "masks.scope", "pattern": "masks.pattern", "batches": "masks.max_batches",
               "imp_rounds": "masks.imp_rounds", "imp_steps": "masks.imp_steps", "imp_lr": "masks.imp_lr",
               "lass_steps": "masks.lass_steps", "lass_lr": "masks.lass_lr", "lass_criterion": "masks.lass_criterion",
-              "batch_size": "data.batch_size", "on_bad": "data.on_bad", "seed": "seed", "data": "data.train"}
+              "batch_size": "data.batch_size", "on_bad": "data.on_bad", "seed": "seed", "data": "data.train",
+              "min_utterances": "masks.min_utterances"}
 
 
 def prune_command(args: argparse.Namespace) -> int:
@@ -40,6 +45,7 @@ def prune_command(args: argparse.Namespace) -> int:
 
     from lasp.config import load_recipe
     from lasp.mask_search import prune_to_dir, specificity_summary
+    from lasp.prune_checks import check_prune_request
 
     # values are JSON (a YAML subset): strings stay strings ("2:4" is not read as the base-60 number 124)
     overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in PRUNE_KEYS.items()
@@ -49,7 +55,11 @@ def prune_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         overrides.append(f"model.name={json.dumps(args.model)}")
     cfg = load_recipe(args.recipe, overrides)
-    masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=args.langs.split(",") if args.langs else None,
+    languages = args.langs.split(",") if args.langs else None
+    # everything that would waste the scoring is checked first (XLSR-53: about a minute per language)
+    check_prune_request(args.out, cfg.data.train, sparsity=cfg.masks.sparsity, pattern=cfg.masks.pattern,
+                        languages=languages, min_utterances=cfg.masks.min_utterances, existing=args.existing)
+    masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=languages,
                          head=args.head)
     print(masks.summary())
     print(specificity_summary(masks))
@@ -99,4 +109,10 @@ def register(sub) -> None:
                         "vocab.json, else pre-training); a head the checkpoint lacks is an error")
     q.add_argument("--on-bad", choices=["skip", "error"], help="policy for unusable rows (data.on_bad)")
     q.add_argument("--seed", type=int)
+    q.add_argument("--min-utterances", type=int, help="rows a language needs to get a mask (masks.min_utterances)")
+    how = q.add_mutually_exclusive_group()
+    how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
+                     help="--out holds a mask set: add (or replace) these languages, keep the others")
+    how.add_argument("--force", dest="existing", action="store_const", const="replace",
+                     help="--out holds a mask set: replace it")
     q.set_defaults(handler=prune_command)

@@ -7,12 +7,13 @@ language code as Common Voice spells it (``sw``, ``zh-CN``, ...).
 """
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 from typing import Iterable, Sequence
 
 from lasp.data.dataset import DataReport
-from lasp.data.importers import _write_splits, finalize_rows, read_table
+from lasp.data.importers import _write_splits, check_existing, finalize_rows, read_table
 from lasp.data.manifest import Utterance
 from lasp.errors import ConfigError, DataError
 
@@ -29,12 +30,14 @@ def import_commonvoice(
     on_bad: str = "skip",
     probe_durations: bool | None = None,
     max_per_split: int | None = None,
+    existing: str = "refuse",
 ) -> dict[str, str]:
     """Write ``<out_dir>/{train,dev,test}.jsonl`` for ``langs``; returns split -> manifest path.
 
     ``probe_durations`` defaults to reading headers only when the release has no ``clip_durations.tsv``.
     Rows whose clip is missing or unreadable are skipped and counted (or raised, with ``on_bad="error"``).
-    ``max_per_split`` keeps the first N rows of each language's split (quick experiments).
+    ``max_per_split`` keeps the first N rows of each language's split (quick experiments). Manifests already
+    in ``out_dir`` are refused, extended by new languages (``existing="append"``) or replaced (``"replace"``).
     """
     root, out_dir = os.fspath(root), os.fspath(out_dir)
     if not os.path.isdir(root):
@@ -46,6 +49,7 @@ def import_commonvoice(
     unknown = [s for s in splits if s not in CV_SPLITS]
     if unknown:
         raise ConfigError(f"import_commonvoice: unknown split(s) {', '.join(unknown)} (use train, dev, test)")
+    check_existing(out_dir, splits, existing)
     have = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     for lang in langs:
         if lang not in have:
@@ -82,9 +86,12 @@ def import_commonvoice(
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     if not os.path.exists(target):
                         shutil.copy2(utt.audio, target)
+                    elif not filecmp.cmp(utt.audio, target, shallow=False):
+                        raise DataError(f"{target} exists and differs from {utt.audio}; lasp will not "
+                                        "overwrite it (choose another --out)")
                     utt.audio = os.path.abspath(target)
             out[split].extend(good)
-    return _write_splits(out, out_dir, report)
+    return _write_splits(out, out_dir, report, existing)
 
 
 def _clip_durations(path: str) -> dict[str, float] | None:

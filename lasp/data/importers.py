@@ -17,6 +17,7 @@ from lasp.data.audio import AudioError, audio_info
 from lasp.data.dataset import BadRow, DataReport
 from lasp.data.manifest import Utterance, write_manifest
 from lasp.errors import ConfigError, DataError
+from lasp.provenance import LANG_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def finalize_rows(utts: Iterable[Utterance], *, on_bad: str = "skip", probe: boo
     for utt in utts:
         report.total += 1
         try:
+            if not LANG_PATTERN.match(utt.lang):  # it will name mask files and folders
+                raise AudioError(utt.audio, "bad_language", f"language code {utt.lang!r} is not valid (letters, "
+                                 "digits, '-', '_')")
             if not os.path.isfile(utt.audio):
                 raise AudioError(utt.audio, "missing_file", "audio file not found")
             if probe or utt.duration is None:
@@ -52,8 +56,57 @@ def finalize_rows(utts: Iterable[Utterance], *, on_bad: str = "skip", probe: boo
     return good
 
 
-def _write_splits(splits: Mapping[str, list[Utterance]], out_dir: str, report: DataReport) -> dict[str, str]:
-    paths = {s: write_manifest(os.path.join(out_dir, f"{s}.jsonl"), utts) for s, utts in splits.items()}
+EXISTING = ("refuse", "append", "replace")
+
+
+def check_existing(out_dir: str, splits: Iterable[str], existing: str) -> None:
+    """Before any work: a manifest already in ``out_dir`` is the user's; touch it only when told how."""
+    if existing not in EXISTING:
+        raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
+    if existing != "refuse":
+        return
+    for split in splits:
+        path = os.path.join(out_dir, f"{SPLIT_ALIASES.get(split, split)}.jsonl")
+        if os.path.exists(path):
+            raise DataError(f"{path} already exists; add --append to add languages to it, or --force to "
+                            "replace it (or choose another --out)")
+
+
+def _append_manifest(path: str, utts: list[Utterance]) -> str:
+    """Add rows to an existing manifest: its bytes stay as they are, the new rows follow (atomic replace)."""
+    from lasp.data.manifest import read_manifest
+
+    have = sorted({u.lang for u in read_manifest(path)})
+    again = sorted({u.lang for u in utts} & set(have))
+    if again:
+        raise DataError(f"{path} already has language(s) {', '.join(again)}; appending them again would "
+                        "duplicate rows (use --force to replace the manifest)")
+    with open(path, "rb") as fh:
+        old = fh.read()
+    tmp_rows = f"{path}.new{os.getpid()}"
+    write_manifest(tmp_rows, utts)  # same folder, so relative audio paths mean the same
+    try:
+        with open(tmp_rows, "rb") as fh:
+            new = fh.read()
+    finally:
+        os.remove(tmp_rows)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(old + (b"" if not old or old.endswith(b"\n") else b"\n") + new)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_splits(splits: Mapping[str, list[Utterance]], out_dir: str, report: DataReport,
+                  existing: str = "refuse") -> dict[str, str]:
+    check_existing(out_dir, splits, existing)
+    paths = {}
+    for s, utts in splits.items():
+        path = os.path.join(out_dir, f"{s}.jsonl")
+        if existing == "append" and os.path.isfile(path):
+            paths[s] = _append_manifest(path, utts)
+        else:
+            paths[s] = write_manifest(path, utts)
     if report.bad:
         log.warning("%s", report.summary())
     return paths
@@ -110,14 +163,19 @@ def import_table(
     delimiter: str | None = None,
     on_bad: str = "skip",
     probe_durations: bool = True,
+    existing: str = "refuse",
 ) -> dict[str, str]:
     """Import a TSV/CSV/JSONL table into ``<out_dir>/<split>.jsonl``.
+
+    An existing manifest there is refused (``existing="refuse"``), extended by new languages (``"append"``)
+    or replaced (``"replace"``).
 
     ``columns`` maps our fields (audio, text, lang, duration) to the table's column names; ``lang`` fixes the
     language for a table without a language column. Relative audio paths are resolved against ``audio_root``
     (default: the table's folder).
     """
     path, out_dir = os.fspath(path), os.fspath(out_dir)
+    check_existing(out_dir, [split], existing)
     cols = _columns(columns)
     header, rows = read_table(path, delimiter)
     for field in ("audio", "text"):
@@ -142,7 +200,7 @@ def import_table(
         ))
     report = DataReport()
     good = finalize_rows(utts, on_bad=on_bad, probe=probe_durations, report=report)
-    return _write_splits({SPLIT_ALIASES.get(split, split): good}, out_dir, report)
+    return _write_splits({SPLIT_ALIASES.get(split, split): good}, out_dir, report, existing)
 
 
 _MAGIC = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".mp3"), (b"\xff\xfb", ".mp3"),
@@ -167,6 +225,7 @@ def import_hf_disk(
     audio_root: str | os.PathLike | None = None,
     on_bad: str = "skip",
     probe_durations: bool = True,
+    existing: str = "refuse",
 ) -> dict[str, str]:
     """Import a ``datasets`` Dataset/DatasetDict saved with ``save_to_disk``.
 
@@ -184,6 +243,7 @@ def import_hf_disk(
     except Exception as err:
         raise DataError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
     parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {split: loaded}
+    check_existing(out_dir, list(parts), existing)
     root = os.fspath(audio_root) if audio_root is not None else path
     report = DataReport()
     splits: dict[str, list[Utterance]] = {}
@@ -212,7 +272,7 @@ def import_hf_disk(
                     lang=str(code or ""), duration=float(dur) if dur is not None else None, row=row, source=where,
                 ))
         splits[ours] = finalize_rows(utts, on_bad=on_bad, probe=probe_durations, report=report)
-    return _write_splits(splits, out_dir, report)
+    return _write_splits(splits, out_dir, report, existing)
 
 
 def _materialize(value, root: str, out_dir: str, split: str, row: int, where: str) -> str:
@@ -227,11 +287,24 @@ def _materialize(value, root: str, out_dir: str, split: str, row: int, where: st
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
         stem = os.path.splitext(os.path.basename(name))[0] if name else f"{row:08d}"
-        target = os.path.join(out_dir, "audio", split, f"{row:08d}_{stem}{_extension(data, name)}")
+        base, ext = os.path.join(out_dir, "audio", split, f"{row:08d}_{stem}"), _extension(data, name)
+        target, k = base + ext, 0
+        # never overwrite a file already there (an earlier import appended to): same bytes are reused
+        while os.path.exists(target) and not _same_bytes(target, data):
+            k += 1
+            target = f"{base}-{k}{ext}"
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "wb") as fh:
-            fh.write(data)
+        if not os.path.exists(target):
+            with open(target, "xb") as fh:
+                fh.write(data)
         return os.path.abspath(target)
     if isinstance(value, str) and value:
         return os.path.normpath(os.path.join(root, value))
     raise DataError(f"{where} row {row}: audio cell is neither a path nor bytes ({type(value).__name__})")
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    if os.path.getsize(path) != len(data):
+        return False
+    with open(path, "rb") as fh:
+        return fh.read() == data

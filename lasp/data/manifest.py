@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from lasp.errors import DataError
+from lasp.provenance import check_language_code
 
 REQUIRED_KEYS = ("audio", "text", "lang")
 SPLITS = ("train", "dev", "test")
@@ -77,6 +78,7 @@ def _parse_row(obj: object, path: str, row: int, base: str) -> Utterance:
     for key in REQUIRED_KEYS:
         if not isinstance(obj[key], str):
             raise DataError(f"{where}: '{key}' must be a string, got {type(obj[key]).__name__}")
+    check_language_code(obj["lang"], f"{where}: 'lang'")
     duration = obj.get("duration")
     if duration is not None:
         if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import re
 import zlib
 from multiprocessing import get_context
 from typing import Iterable, Sequence
@@ -100,10 +100,14 @@ def _render(spec: dict, out_dir: str) -> tuple[str, float]:
     rms = float(np.sqrt(np.mean(audio**2)))
     noise = np.random.default_rng(spec["noise_seed"]).standard_normal(audio.size).astype(np.float32)
     audio += noise * (rms * 10 ** (-spec["snr_db"] / 20))
-    path = os.path.join(out_dir, "audio", spec["lang"], f"{spec['split']}_{spec['index']:06d}.flac")
+    path = _spec_path(spec, out_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sf.write(path, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return path, audio.size / SAMPLE_RATE
+
+
+def _spec_path(spec: dict, out_dir: str) -> str:
+    return os.path.join(out_dir, "audio", spec["lang"], f"{spec['split']}_{spec['index']:06d}.flac")
 
 
 def _render_chunk(specs: list[dict], out_dir: str) -> list[tuple[str, float]]:
@@ -202,16 +206,31 @@ def synthesize_corpus(
         "dev_utterances": dev_utterances, "words": list(words), "low_resource": low_resource,
         "low_factor": low_factor, "seed": seed,
     }
-    settings_path = os.path.join(out_dir, SETTINGS_FILE)
     existing = split_manifests(out_dir)
-    if len(existing) == 3 and os.path.isfile(settings_path):
-        with open(settings_path, encoding="utf-8") as fh:
-            if json.load(fh) == settings:
-                return existing
-    if os.path.isfile(settings_path):  # an older corpus of ours with other settings: start clean
-        shutil.rmtree(os.path.join(out_dir, "audio"), ignore_errors=True)
-        os.remove(settings_path)
+    record = _read_record(out_dir)
+    if record is not None and record["complete"] and record["settings"] == settings and len(existing) == 3:
+        return existing
+    if record is None and existing:
+        raise DataError(f"{out_dir} holds manifests ({', '.join(existing)}) that lasp data synth did not make "
+                        f"(no {SETTINGS_FILE}); choose another --out")
+    # an older corpus of ours with other settings: remove the files it made (recorded), nothing else
+    for rel in (record or {}).get("files", []):
+        path = os.path.join(out_dir, rel)
+        if os.path.isfile(path):
+            os.remove(path)
     os.makedirs(out_dir, exist_ok=True)
+    made: list[str] = []
+
+    def claim(specs_: list[dict]) -> None:
+        """Record the files a round will write before writing them (a kill mid-round leaves them ours), and
+        refuse to write over a file someone else put there."""
+        paths = [_spec_path(sp, out_dir) for sp in specs_]
+        for path in paths:
+            if os.path.exists(path):
+                raise DataError(f"{path} exists and was not made by lasp data synth; move it away or choose "
+                                "another --out")
+        made.extend(os.path.relpath(p, out_dir) for p in paths)
+        _write_record(out_dir, settings, made, complete=False)
 
     missing = [lang for lang in langs if lang not in _wordfreq_languages()]
     if missing:
@@ -242,6 +261,7 @@ def synthesize_corpus(
     try:
         renderer.check(langs)
         while todo:
+            claim(todo)
             for spec, (path, dur) in zip(todo, renderer(todo)):
                 rendered.setdefault((spec["lang"], spec["split"]), []).append(Utterance(
                     audio=path, text=spec["text"], lang=spec["lang"], duration=round(dur, 4),
@@ -268,9 +288,40 @@ def synthesize_corpus(
         splits["test"] += rendered.get((lang, "test"), [])
 
     paths = {split: write_manifest(os.path.join(out_dir, f"{split}.jsonl"), utts) for split, utts in splits.items()}
-    with open(settings_path, "w", encoding="utf-8") as fh:
-        json.dump(settings, fh, indent=1)
+    kept = [os.path.relpath(u.audio, out_dir) for utts in splits.values() for u in utts]
+    _write_record(out_dir, settings, kept, complete=True)
     return paths
+
+
+def _read_record(out_dir: str) -> dict | None:
+    """``synth.json``: the settings and the files a synthesis made (None when there is none)."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({err}); it lists the files lasp made there") from None
+    if "settings" in data:
+        return {"settings": data["settings"], "files": list(data.get("files", [])),
+                "complete": bool(data.get("complete"))}
+    # written before the file list was recorded: our files are the ones our naming scheme gives
+    files = []
+    for lang in data.get("langs", []):
+        folder = os.path.join(out_dir, "audio", lang)
+        if os.path.isdir(folder):
+            files += [os.path.join("audio", lang, f) for f in os.listdir(folder)
+                      if re.fullmatch(r"(train|dev|test)_\d{6}\.flac", f)]
+    return {"settings": data, "files": files, "complete": True}
+
+
+def _write_record(out_dir: str, settings: dict, files: list[str], complete: bool) -> None:
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"settings": settings, "complete": complete, "files": sorted(set(files))}, fh, indent=1)
+    os.replace(tmp, path)
 
 
 def _round_size(seconds: float) -> int:

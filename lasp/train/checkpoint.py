@@ -10,9 +10,15 @@ renamed; only then is the one-line ``latest`` file replaced (write + fsync +
 ``os.replace``). A process killed at any point leaves ``latest`` naming a
 complete checkpoint; half-written temporary directories are removed on the
 next save.
+
+Checksums: ``checksums.json`` records each file's size and sha256. Resuming
+verifies them and falls back to the newest checkpoint that verifies and loads,
+saying which ones it skipped and why (a disk that lost or corrupted the newest
+files must not stop a run that has an older good checkpoint).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -24,8 +30,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lasp.errors import ConfigError
+from lasp.provenance import sha256_file
 
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
+_FILES = ("model.safetensors", "state.pt")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint on disk is incomplete or corrupt."""
 _TMP_PREFIX = ".tmp-"
 
 
@@ -99,6 +112,8 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
     # clone: safetensors refuses tensors that share storage, and a view may be non-contiguous
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
     torch.save(state, tmp / "state.pt")
+    sums = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in _FILES}
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
     for f in tmp.iterdir():
         _fsync_file(f)
     _fsync_dir(tmp)
@@ -119,12 +134,69 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
     return final
 
 
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` saying what is wrong with a checkpoint directory (missing file, size or
+    sha256 different from ``checksums.json``)."""
+    path = Path(path)
+    for f in _FILES:
+        if not (path / f).is_file():
+            raise CheckpointError(f"{path / f} is missing")
+    sums_path = path / CHECKSUMS
+    if not sums_path.is_file():
+        return  # written before checksums existed: loading it is the only check
+    try:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{sums_path}: unreadable ({err})") from None
+    for f in _FILES:
+        want = sums.get(f) or {}
+        size = (path / f).stat().st_size
+        if want.get("bytes") is not None and size != want["bytes"]:
+            raise CheckpointError(f"{path / f} has {size} bytes, {CHECKSUMS} records {want['bytes']} (truncated?)")
+        if want.get("sha256") and sha256_file(path / f) != want["sha256"]:
+            raise CheckpointError(f"{path / f}: sha256 does not match {CHECKSUMS} (corrupt)")
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint directory back: (tensors, state). No pickle beyond torch's weights-only loader."""
     path = Path(path)
+    verify_checkpoint(path)
     try:
         tensors = load_file(str(path / "model.safetensors"))
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise ConfigError(f"cannot read checkpoint {path}: {err}") from None
+    except Exception as err:  # SafetensorError, UnpicklingError, OSError, RuntimeError ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     return tensors, state
+
+
+def load_resumable(run_dir: str | Path) -> tuple[Path | None, dict, dict, list[tuple[str, str]]]:
+    """The newest checkpoint of a run that verifies and loads: (path, tensors, state, skipped).
+
+    Candidates: the one ``latest`` names, then every ``step-*`` directory, newest first. ``skipped`` lists
+    ``(name, reason)`` for each one passed over; (None, {}, {}, skipped) when none is usable.
+    """
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return None, {}, {}, []
+    candidates: list[Path] = []
+    pointer = root / LATEST
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        candidates.append(root / name)
+    candidates += sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    skipped: list[tuple[str, str]] = []
+    seen = set()
+    for path in candidates:
+        if path.name in seen:
+            continue
+        seen.add(path.name)
+        if not path.is_dir():
+            skipped.append((path.name, f"{LATEST} names it but it does not exist"))
+            continue
+        try:
+            tensors, state = load_checkpoint(path)
+        except CheckpointError as err:
+            skipped.append((path.name, str(err)))
+            continue
+        return path, tensors, state, skipped
+    return None, {}, {}, skipped

@@ -13,11 +13,16 @@ Checkpoints hold everything a resumed run needs to continue bit-for-bit on the
 same hardware: trainable tensors, optimizer, scheduler, the batch stream's
 (sampler's) state, every RNG, the step, counters and the training time already
 spent (``max_minutes`` counts across resumes).
+
+One writer per run directory (:mod:`lasp.locks`). Resuming takes the newest
+checkpoint that verifies, reporting the ones it skipped. Ctrl-C saves a
+checkpoint, says how to resume, and re-raises (the CLI exits with 130).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +32,9 @@ import torch
 
 from lasp.config_schema import StageConfig
 from lasp.errors import ConfigError
+from lasp.locks import acquire
 from lasp.train import distributed as D
-from lasp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lasp.train.checkpoint import CheckpointError, load_resumable, rng_state, save_checkpoint, set_rng_state
 from lasp.train.metrics_log import MetricsLogger
 from lasp.train.schedule import lr_factor
 from lasp.train.systems import System
@@ -38,6 +44,10 @@ from lasp.train.systems import System
 class Batch:
     inputs: dict[str, Any]  # model keyword arguments (tensors)
     langs: list[str]  # one language per example
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after a checkpoint was saved; ``str()`` says how to resume."""
 
 
 class BatchStream(Protocol):
@@ -94,10 +104,21 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     confined = optimizer is not inner
 
+    if info.is_main:
+        acquire(run_dir, "run directory")  # re-entrant: the stage may hold it already; released at exit
     step, skipped, elapsed_before = 0, 0, 0.0
-    ckpt = latest_checkpoint(run_dir) if stage.resume else None
+    ckpt, skipped_ckpts = None, []
+    if stage.resume:
+        ckpt, tensors, state, skipped_ckpts = load_resumable(run_dir)
+        for name, why in skipped_ckpts:
+            if info.is_main:
+                print(f"lasp: skipped checkpoint {name}: {why}", file=sys.stderr)
+        if ckpt is None and skipped_ckpts:
+            raise CheckpointError(f"{run_dir}: no usable checkpoint to resume from ({len(skipped_ckpts)} "
+                                  "skipped, see above); start over with resume=false or another run_dir")
+        if ckpt is not None and skipped_ckpts and info.is_main:
+            print(f"lasp: resuming from {ckpt.name} (step {int(state['step'])})", file=sys.stderr)
     if ckpt is not None:
-        tensors, state = load_checkpoint(ckpt)
         system.load_state_tensors(tensors)
         inner.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -127,7 +148,9 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     logger = MetricsLogger(run_dir, total=stage.max_steps, initial=step, rank=info.rank, progress=progress,
                            desc=desc)
     if info.is_main and ckpt is not None:
-        logger.log(step, {"resumed_from": str(ckpt)}, kind="event")
+        logger.log(step, {"resumed_from": str(ckpt),
+                          **({"skipped_checkpoints": [f"{n}: {w}" for n, w in skipped_ckpts]}
+                             if skipped_ckpts else {})}, kind="event")
     t0 = time.monotonic()
     last_loss = None
     stopped_by = "max_steps"
@@ -182,6 +205,15 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                 last_saved = step
         if last_saved != step:
             save(step)
+    except KeyboardInterrupt:
+        if info.world_size > 1:  # the other ranks are not at a point where they can join a save
+            raise
+        path = save(step) if last_saved != step and step > 0 else None
+        where = path or (run_dir / "checkpoints")
+        # the CLI prints this one line and adds the command that resumes
+        msg = (f"interrupted at step {step}; checkpoint saved in {where}"
+               if step > 0 else "interrupted before the first step; nothing to save")
+        raise TrainingInterrupted(msg) from None
     finally:
         logger.close()
     elapsed = elapsed_before + (time.monotonic() - t0)

@@ -1,6 +1,7 @@
 """What every stage does first: threads, seeds, device and process group, mask sets, the final export."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -11,10 +12,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lasp.config import RecipeConfig, save_recipe
+from lasp.config import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
 from lasp.cpu import apply_cpu_settings
-from lasp.masks import CONFIG_NAME, LanguageMasks
+from lasp.errors import ConfigError
+from lasp.locks import acquire, release
+from lasp.masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
+from lasp.provenance import (check_language_rows, check_mask_provenance, check_run_record, expected_record,
+                             legacy_record, note_base_weights, stage_recipe)
 from lasp.train import distributed as D
+from lasp.train.checkpoint import checkpoint_dir
 from lasp.train.systems import System
 
 
@@ -32,6 +38,72 @@ def _is_mask_dir(path: str | Path | None) -> bool:
     return bool(path) and (Path(path) / CONFIG_NAME).is_file()
 
 
+def _stage_of(cfg: RecipeConfig, system: str, run_dir: Path) -> str:
+    """Which stage (pretrain / finetune) trains into ``run_dir`` with ``system``."""
+    found = [s for s in ("pretrain", "finetune")
+             if Path(stage_run_dir(cfg, s)).resolve() == Path(run_dir).resolve() and getattr(cfg, s).system == system]
+    if len(found) > 1:
+        raise ConfigError(f"pretrain.run_dir and finetune.run_dir are both {run_dir}; give each stage its own")
+    return found[0] if found else "pretrain" if cfg.pretrain.system == system else "finetune"
+
+
+def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.DistInfo) -> None:
+    """Become the one writer of ``run_dir`` and check the recipe against the one the run started with.
+
+    The lock stays until the process ends (the training loop and the final export run under it). Resuming a
+    run (it has checkpoints and ``resume`` is on) with changed recipe keys is an error listing them, except
+    the keys ``<stage>.resume_allow`` names. The recipe is recorded in ``<run_dir>/run.json``.
+    """
+    sc = getattr(cfg, stage)
+    if info.is_main:
+        acquire(run_dir, "run directory")
+    ckpts = checkpoint_dir(run_dir)
+    resuming = sc.resume and ckpts.is_dir() and any(ckpts.glob("step-*"))
+    recipe = stage_recipe(config_to_dict(cfg), stage, sc.system, init)
+    check_run_record(run_dir, stage, recipe, sc.resume_allow, resuming, write=info.is_main)
+
+
+def _guard_masks(fn):
+    """Around :func:`resolve_masks`: claim the run; check an existing mask set's provenance against the recipe;
+    before a search, refuse a folder of foreign mask files, check the rows per language, and lock the set."""
+    @functools.wraps(fn)
+    def wrapper(cfg, system, model, languages, run_dir, init, info, progress=True):
+        run_dir = Path(run_dir)
+        claim_run(cfg, _stage_of(cfg, system, run_dir), run_dir, init, info)
+        if system not in ("lasp", "random"):
+            return fn(cfg, system, model, languages, run_dir, init, info, progress)
+        m = cfg.masks
+        check_mask_dir(m.dir)
+        source = m.dir if _is_mask_dir(m.dir) else (Path(init) / "masks" if _is_mask_dir(Path(init) / "masks")
+                                                     else None)
+        target = None
+        if source is not None:
+            config = read_config(str(source))
+            records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
+            config_base = next(iter(records.values()), {}).get("base_model") if records else None
+            same_base = config_base == (os.path.abspath(init) if os.path.isdir(init) else init)
+            # hash the starting weights only when the set claims to come from them (else nothing to compare)
+            wanted = expected_record(m, cfg.data.train, init, model if same_base else None)
+            if source != m.dir:
+                # the masks the starting model was trained with: a later stage may train on other data (labelled
+                # fine-tuning after unlabelled pre-training); the mask settings must still agree
+                wanted.pop("data_sha256")
+            check_mask_provenance(source, records, wanted, languages, m.reuse)
+        elif system == "lasp":
+            check_language_rows(cfg.data.train, languages, m.min_utterances, "masks.min_utterances")
+            note_base_weights(init, model, m.targets)  # recorded with the masks the search makes
+            target = Path(m.dir) if m.dir else run_dir / "masks-lasp"
+            if info.is_main:
+                acquire(target, "mask set")
+        try:
+            return fn(cfg, system, model, languages, run_dir, init, info, progress)
+        finally:
+            if target is not None and info.is_main:
+                release(target)
+    return wrapper
+
+
+@_guard_masks
 def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, languages: Sequence[str],
                   run_dir: Path, init: str, info: D.DistInfo, progress: bool = True) -> LanguageMasks | None:
     """The mask set a masked system trains with, searched (and saved) when there is none yet.
