@@ -63,8 +63,8 @@ def test_prune_with_lass_prints_specificity(tmp_path, capsys):
                                dev_utterances=1, seed=0, workers=1)
     out = tmp_path / "lass"
     assert main(["prune", "--model", "tiny", "--data", corpus["train"], "--method", "lass", "--lass-steps", "2",
-                 "--min-utterances", "2", "--lass-criterion", "magnitude", "--batches", "1", "--batch-size", "2", "--sparsity", "0.4",
-                 "--out", str(out)]) == 0
+                 "--min-utterances", "2", "--lass-criterion", "magnitude", "--batches", "1", "--batch-size", "2",
+                 "--sparsity", "0.4", "--out", str(out)]) == 0
     masks = LanguageMasks.load(out)
     assert masks.metadata["method"] == "lass" and masks.metadata["criterion"] == "magnitude"
     assert masks.metadata["steps"] == 2

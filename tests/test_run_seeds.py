@@ -13,8 +13,8 @@ from lasp.run_seeds import spread_sentence
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
 TOY = ["output_dir=out", "masks.dir=null", "masks.max_batches=1", "masks.min_utterances=1", "run.corpus=out/corpus",
-       "run.languages=[es,de]", "run.train_utterances=6", "run.test_utterances=2", "run.dev_utterances=1", "run.base_steps=2",
-       "run.base_threads=1", "run.report=out/report.md", "run.systems=[shared,lasp]", "pretrain.max_steps=2",
+       "run.languages=[es,de]", "run.train_utterances=6", "run.test_utterances=2", "run.dev_utterances=1",
+       "run.base_steps=2", "run.base_threads=1", "run.report=out/report.md", "run.systems=[shared,lasp]", "pretrain.max_steps=2",
        "finetune.max_steps=2", "finetune.optim.warmup_steps=1", "pretrain.optim.warmup_steps=1",
        "pretrain.ckpt_every=2", "finetune.ckpt_every=2"]
 
