@@ -56,7 +56,43 @@ def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> to
     return bits[..., :n].to(torch.bool).reshape(shape)
 
 
+_POPCOUNT_CACHE: dict[torch.device, torch.Tensor] = {}
+
+
 def popcount(packed: torch.Tensor) -> int:
     """Number of set bits (kept weights) in a packed mask; padding bits are always zero."""
-    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=packed.device)
-    return int(table[packed.long()].sum())
+    if packed.device not in _POPCOUNT_CACHE:
+        _POPCOUNT_CACHE[packed.device] = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64,
+                                                      device=packed.device)
+    return int(_POPCOUNT_CACHE[packed.device][packed.long()].sum())
+
+
+def union_packed(stacked: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Bitwise OR of packed masks (``uint8[L, ...]`` or a list of equal-shape packed tensors): the packed union."""
+    if isinstance(stacked, (list, tuple)):
+        if not stacked:
+            raise ValueError("union of an empty list of masks")
+        stacked = torch.stack(list(stacked))
+    acc = stacked[0].clone()
+    for extra in stacked[1:]:
+        acc.bitwise_or_(extra)
+    return acc
+
+
+def intersection_packed(stacked: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Bitwise AND of packed masks: the packed intersection."""
+    if isinstance(stacked, (list, tuple)):
+        if not stacked:
+            raise ValueError("intersection of an empty list of masks")
+        stacked = torch.stack(list(stacked))
+    acc = stacked[0].clone()
+    for extra in stacked[1:]:
+        acc.bitwise_and_(extra)
+    return acc
+
+
+def iou_packed(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """|A ∩ B| / |A ∪ B| over several tensors' packed masks (NaN when both are empty: the ratio is undefined)."""
+    inter = sum(popcount(x & y) for x, y in zip(a, b))
+    union = sum(popcount(x | y) for x, y in zip(a, b))
+    return inter / union if union else float("nan")

@@ -1,13 +1,11 @@
 """MaskedModel: one shared Hugging Face model, one sparse sub-network per language.
 
-The wrapper patches the forward of every module that owns a targeted weight
-(no copy of the model, nothing added to its ``state_dict``): a targeted Linear
-computes ``x (W ⊙ M_lang)ᵀ + b`` through :func:`lasp.kernels.masked_linear`,
-reading the language's bit-packed mask; any other targeted parameter (opt-in
-layer norms, convolutions) is multiplied by its mask for the call. Switching
-language only changes an index, so it is O(1). Gradients reach only weights
-inside the active mask; :class:`lasp.confine.ConfinedOptimizer` makes the
-optimizer step respect the masks too (weight decay, momentum).
+The wrapper swaps every targeted ``nn.Linear`` for a :class:`lasp.masked_modules.MaskedLinear` holding the same
+Parameter objects (nothing added to the model's ``state_dict``), which computes ``x (W ⊙ M_lang)ᵀ + b`` by
+folding the language's bit-packed mask into the weight cast (:mod:`lasp.kernels.cast`); any other targeted
+parameter (opt-in layer norms, convolutions) is multiplied by its mask for the call. Switching language only
+changes an index, so it is O(1). Gradients reach only weights inside the active mask;
+:class:`lasp.confine.ConfinedOptimizer` makes the optimizer step respect the masks too (weight decay, momentum).
 """
 from __future__ import annotations
 
@@ -19,39 +17,42 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.func import functional_call
 
-from lasp.bits import unpack_bits
+from lasp.bits import union_packed, unpack_bits
 from lasp.errors import MaskError
-from lasp.kernels import MODES, masked_linear
+from lasp.kernels import MODES, resolve_mode
+from lasp.kernels.native import status as native_status
+from lasp.masked_modules import MaskedForward, MaskedLinear, Route
 from lasp.masks import LanguageMasks
 from lasp.targets import canonical_parameters, owner_module, select_targets
 
 WRAPPER_CONFIG = "masked_model.json"
 MASKS_SUBDIR = "masks"
+_UNION_CACHE_SIZE = 16  # packed unions (1 bit per targeted weight each)
 
 
-class _ActiveLanguage:
-    """What the patched forwards read: dense, one language index, or one index per example."""
+def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    return {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
 
-    def __init__(self):
-        self.lang: int | None = None
-        self.row_lang: torch.Tensor | None = None
-        self.names: tuple[str, ...] = ()
 
-    @property
-    def dense(self) -> bool:
-        return self.lang is None and self.row_lang is None
+def _strip(model: nn.Module) -> None:
+    """Replace every MaskedLinear by a plain nn.Linear (same Parameters) and drop every swapped forward."""
+    parents = _parents(model)
+    for module in list(model.modules()):
+        if isinstance(module, MaskedLinear):
+            parent, child = parents[id(module)]
+            setattr(parent, child, module.to_linear())
+        elif isinstance(vars(module).get("forward"), MaskedForward):
+            del module.forward
 
 
 class MaskedModel(nn.Module):
     """Wrap ``model`` so that it runs through the sub-network of the active language(s).
 
-    ``masks``: a :class:`LanguageMasks` (or a mask directory). ``target_modules``:
-    regexes / group names selecting the masked parameters; by default exactly
-    the parameters the mask set covers. ``mode``: ``reference``, ``fused`` or
-    ``auto`` (see :mod:`lasp.kernels`).
+    ``masks``: a :class:`LanguageMasks` (or a mask directory). ``target_modules``: regexes / group names
+    selecting the masked parameters; by default exactly the parameters the mask set covers. ``mode``:
+    ``cast`` (mask folded into the weight cast), ``reference`` (unpack + multiply on every call) or ``auto``
+    (see :func:`lasp.kernels.resolve_mode`).
     """
 
     def __init__(self, model: nn.Module, masks: LanguageMasks | str | os.PathLike,
@@ -74,85 +75,64 @@ class MaskedModel(nn.Module):
         self.masks = masks
         self.mode = mode
         self._targets = targets
-        self._active = _ActiveLanguage()
-        self._lang_ids = {lang: i for i, lang in enumerate(masks.languages)}
-        # every loaded language's packed bits, stacked: uint8[L, *packed_shape] per target
-        self._bits_cpu = {
-            name: torch.stack([masks.packed(lang)[name] for lang in masks.languages]) for name in targets
-        }
-        self._bits: dict[tuple[str, torch.device], torch.Tensor] = {}
-        self._mask_cache: dict[str, dict[int, torch.Tensor]] = {name: {} for name in targets}
+        self._route = Route(masks.languages)
         self._union_cache: dict[tuple, dict[str, torch.Tensor]] = {}
-        self._patched: list[nn.Module] = []
+        self._installed = False
         self._install()
 
-    # ------------------------------------------------------------------ patching
+    # ------------------------------------------------------------------ module swap
+    def _stacked_bits(self, name: str) -> torch.Tensor:
+        # every loaded language's packed bits for one target, stacked: uint8[L, *packed_shape]
+        return torch.stack([self.masks.packed(lang)[name] for lang in self.masks.languages])
+
     def _install(self) -> None:
-        by_module: dict[nn.Module, list[tuple[str, str]]] = {}
+        by_module: dict[int, tuple[nn.Module, list[tuple[str, str]]]] = {}
         for name in self._targets:
             module, attr = owner_module(self.model, name)
-            by_module.setdefault(module, []).append((name, attr))
-        for module, entries in by_module.items():
-            if isinstance(module, nn.Linear) and [a for _, a in entries] == ["weight"]:
-                module.forward = self._linear_forward(module, entries[0][0])
+            by_module.setdefault(id(module), (module, []))[1].append((name, attr))
+        parents = _parents(self.model)
+        mode = resolve_mode(self.mode, next(iter(self._targets.values())).device) if self._targets else "cast"
+        for module, entries in by_module.values():
+            if type(module) is nn.Linear and [a for _, a in entries] == ["weight"]:
+                parent, child = parents[id(module)]
+                name = entries[0][0]
+                setattr(parent, child, MaskedLinear(module, self._stacked_bits(name), self._route, name, mode))
             else:
-                module.forward = self._generic_forward(module, entries)
-            self._patched.append(module)
+                bits = {name: self._stacked_bits(name) for name, _ in entries}
+                module.forward = MaskedForward(module, entries, bits, self._route)
+        self._installed = True
 
     def _uninstall(self) -> None:
-        for module in self._patched:
-            module.__dict__.pop("forward", None)
-        self._patched = []
+        _strip(self.model)
+        self._installed = False
 
-    def _linear_forward(self, module: nn.Linear, name: str):
-        active = self._active
+    def masked_modules(self) -> list[MaskedLinear]:
+        return [m for m in self.model.modules() if isinstance(m, MaskedLinear)]
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if active.dense:
-                return F.linear(x, module.weight, module.bias)
-            row_lang = None if active.row_lang is None else active.row_lang.to(x.device, non_blocking=True)
-            return masked_linear(x, module.weight, module.bias, self.bits(name, module.weight.device),
-                                 lang=active.lang, row_lang=row_lang, mode=self.mode,
-                                 mask_cache=self._mask_cache[name])
-        return forward
+    def bits(self, name: str, device: torch.device | None = None) -> torch.Tensor:
+        """Stacked packed masks ``uint8[L, ...]`` of target ``name`` (on ``device`` when given)."""
+        module = {m.target: m for m in self.masked_modules()}.get(name)
+        if module is not None:
+            return module.mask_bits if device is None else module.mask_bits.to(device)
+        bits = self._stacked_bits(name)
+        return bits if device is None else bits.to(device)
 
-    def _generic_forward(self, module: nn.Module, entries: list[tuple[str, str]]):
-        active = self._active
-        original = module.forward  # the class's forward, bound to the module
-        reentered = [False]
+    def set_mode(self, mode: str) -> None:
+        """Switch every swapped Linear between ``cast`` and ``reference`` (``auto`` resolves per device)."""
+        if mode not in MODES:
+            raise MaskError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode = mode
+        for module in self.masked_modules():
+            module.mode = resolve_mode(mode, module.weight.device)
 
-        def forward(*args, **kwargs):
-            if active.dense or reentered[0]:
-                return original(*args, **kwargs)
-            if active.lang is None:
-                raise MaskError(f"mixed-language batches support Linear weights only; {entries[0][0]} is a "
-                                f"{type(module).__name__} parameter (use one language per batch)")
-            masked = {attr: getattr(module, attr) * self._dense_mask(name, active.lang, getattr(module, attr))
-                      for name, attr in entries}
-            reentered[0] = True
-            try:
-                return functional_call(module, masked, args, kwargs)
-            finally:
-                reentered[0] = False
-        return forward
-
-    def bits(self, name: str, device: torch.device) -> torch.Tensor:
-        """Stacked packed masks ``uint8[L, ...]`` of target ``name``, resident on ``device``."""
-        key = (name, device)
-        if key not in self._bits:
-            self._bits[key] = self._bits_cpu[name].to(device)
-        return self._bits[key]
-
-    def _dense_mask(self, name: str, index: int, like: torch.Tensor) -> torch.Tensor:
-        cache = self._mask_cache[name]
-        if index not in cache:
-            cache[index] = unpack_bits(self.bits(name, like.device)[index], like.shape)
-        return cache[index].to(like.dtype)
+    def refresh(self) -> None:
+        """Drop every cached masked weight (call after editing weights behind autograd, e.g. through ``.data``)."""
+        self._route.epoch += 1
 
     # ------------------------------------------------------------------ language selection
     @property
     def languages(self) -> list[str]:
-        return list(self._lang_ids)
+        return list(self._route.ids)
 
     @property
     def targets(self) -> dict[str, nn.Parameter]:
@@ -161,68 +141,66 @@ class MaskedModel(nn.Module):
     @property
     def active_languages(self) -> tuple[str, ...]:
         """Languages of the current selection (empty when dense)."""
-        return self._active.names
+        return self._route.names
 
     def _index(self, lang: str) -> int:
-        if lang not in self._lang_ids:
-            raise MaskError(f"unknown language {lang!r}; loaded: {', '.join(self._lang_ids)}")
-        return self._lang_ids[lang]
+        return self._route.index(lang)
 
     def set_language(self, lang: str | Sequence[str] | None) -> None:
-        """Select one language, one language per example of the next batch (a list), or ``None`` (dense)."""
-        active = self._active
-        if lang is None:
-            active.lang, active.row_lang, active.names = None, None, ()
-        elif isinstance(lang, str):
-            active.lang, active.row_lang, active.names = self._index(lang), None, (lang,)
-        else:
-            langs = list(lang)
-            if not langs:
-                raise MaskError("set_language got an empty list of languages")
-            ids = [self._index(l) for l in langs]
-            if len(set(ids)) == 1:
-                active.lang, active.row_lang = ids[0], None
-            else:
-                active.lang, active.row_lang = None, torch.tensor(ids, dtype=torch.long)
-            active.names = tuple(dict.fromkeys(langs))
+        """Select one language, one language per example of the next batch (a list), or ``None`` (dense).
+
+        For a list, the fastest batch has each language's examples next to each other (segments are then
+        slices); any order works (rows are regrouped by an index gather and put back afterwards).
+        """
+        self._route.select(lang)
         self._trim_cache()
 
     def _trim_cache(self) -> None:
-        # keep unpacked masks only for the languages in use (memory: 1 byte per weight per language)
-        keep = {self._lang_ids[l] for l in self._active.names}
-        for cache in self._mask_cache.values():
-            for index in [i for i in cache if i not in keep]:
-                del cache[index]
+        # keep masked copies only for the languages in use (memory: one weight copy per language)
+        keep = {self._route.ids[l] for l in self._route.names}
+        for module in self.masked_modules():
+            module.trim(keep)
 
     @contextlib.contextmanager
     def language(self, lang: str | Sequence[str] | None):
         """``with mm.language("sw"): ...`` — restores the previous selection afterwards."""
-        saved = (self._active.lang, self._active.row_lang, self._active.names)
+        saved = self._route.state()
         self.set_language(lang)
         try:
             yield self
         finally:
-            self._active.lang, self._active.row_lang, self._active.names = saved
+            self._route.restore(saved)
             self._trim_cache()
 
-    def union_mask(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
-        """``∪ M_l`` over ``languages`` as bool tensors on each target's device (cached)."""
-        key = tuple(sorted(set(languages)))
+    def languages_since_reset(self, reset: bool = False) -> tuple[str, ...]:
+        """Every language run with gradients since the last reset (a step accumulating micro-batches of several
+        languages trains all of them; forwards under ``no_grad``, e.g. evaluation, do not count)."""
+        seen = tuple(l for l in self._route.ids if l in self._route.seen)
+        if reset:
+            self._route.seen = set()
+            self._route.marked = False
+        return seen
+
+    def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
+        """``∪ M_l`` over ``languages`` as packed bits on each target's device (cached, 1 bit per weight)."""
+        langs = tuple(sorted(set(languages)))
+        if not langs:
+            raise MaskError("union over an empty list of languages")
+        key = (langs, tuple(p.device for p in self._targets.values())[:1])  # a moved model gets fresh unions
         if key not in self._union_cache:
-            if len(self._union_cache) > 16:
-                self._union_cache.clear()
-            for lang in key:
-                self._index(lang)
-            ids = [self._lang_ids[l] for l in key]
-            out = {}
-            for name, p in self._targets.items():
-                packed = self.bits(name, p.device)[ids]
-                acc = packed[0].clone()
-                for extra in packed[1:]:
-                    acc |= extra
-                out[name] = unpack_bits(acc, p.shape)
-            self._union_cache[key] = out
+            ids = [self._index(l) for l in langs]
+            if len(self._union_cache) >= _UNION_CACHE_SIZE:
+                self._union_cache.pop(next(iter(self._union_cache)))
+            modules = {m.target: m for m in self.masked_modules()}
+            self._union_cache[key] = {
+                name: union_packed(modules[name].mask_bits[ids] if name in modules else self.bits(name, p.device)[ids])
+                for name, p in self._targets.items()}
         return self._union_cache[key]
+
+    def union_mask(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
+        """``∪ M_l`` over ``languages`` as bool tensors on each target's device (unpacked on demand, not cached)."""
+        return {name: unpack_bits(bits, self._targets[name].shape)
+                for name, bits in self.union_bits(languages).items()}
 
     # ------------------------------------------------------------------ running
     def forward(self, *args, **kwargs):
@@ -235,36 +213,32 @@ class MaskedModel(nn.Module):
             return getattr(super().__getattr__("model"), name)
 
     # ------------------------------------------------------------------ export
-    @contextlib.contextmanager
-    def _unpatched(self):
-        self._uninstall()
-        try:
-            yield
-        finally:
-            self._install()
-
     def merge_and_unload(self, lang: str) -> nn.Module:
-        """A plain copy of the HF model with every targeted weight replaced by ``W ⊙ M_lang``."""
+        """A plain copy of the HF model (``nn.Linear`` modules) with every targeted weight replaced by ``W ⊙ M_lang``.
+
+        Always a copy: merging in place would zero the shared weights outside ``M_lang``, destroying what every
+        other language's sub-network uses (and the masks could no longer be undone).
+        """
         index = self._index(lang)
-        with self._unpatched():
-            merged = copy.deepcopy(self.model)
+        bits = {name: self.bits(name)[index] for name in self._targets}
+        merged = copy.deepcopy(self.model)
+        _strip(merged)
         params = canonical_parameters(merged)
         with torch.no_grad():
             for name in self._targets:
                 p = params[name]
-                p.mul_(unpack_bits(self.bits(name, p.device)[index], p.shape).to(p.dtype))
+                p.mul_(unpack_bits(bits[name].to(p.device), p.shape).to(p.dtype))
         return merged
 
     def unload(self) -> nn.Module:
-        """Remove the patches and return the shared model (weights untouched)."""
+        """Put plain ``nn.Linear`` modules back (sharing the same Parameter objects) and return the shared model."""
         self._uninstall()
         return self.model
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """The shared model as a HF checkpoint in ``directory`` and the mask set in ``directory/masks``."""
         directory = os.fspath(directory)
-        with self._unpatched():
-            self.model.save_pretrained(directory)
+        self.model.save_pretrained(directory)  # masks are non-persistent buffers: not in the state_dict
         self.masks.subset(self.languages).save(os.path.join(directory, MASKS_SUBDIR))
         with open(os.path.join(directory, WRAPPER_CONFIG), "w") as fh:
             json.dump({"targets": list(self._targets), "mode": self.mode, "languages": self.languages}, fh,
@@ -288,8 +262,11 @@ class MaskedModel(nn.Module):
             head = "ctc" if arch.endswith("ForCTC") else "pretraining" if arch.endswith("ForPreTraining") else "base"
         model = load_model(directory, head=head)
         masks = LanguageMasks.load(os.path.join(directory, MASKS_SUBDIR), languages)
+        saved_mode = wrapper.get("mode", "auto")
+        if saved_mode not in MODES:  # "fused" (the removed Triton kernels) in directories written before
+            saved_mode = "auto"
         return cls(model, masks, target_modules=[f"^{n.replace('.', '[.]')}$" for n in wrapper["targets"]],
-                   mode=mode or wrapper.get("mode", "auto"))
+                   mode=mode or saved_mode)
 
     def summary(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())
@@ -297,4 +274,5 @@ class MaskedModel(nn.Module):
         dens = [self.masks.density(l) for l in self.languages]
         return (f"languages: {len(dens)} | targeted params: {targeted:,} of {total:,} "
                 f"({100 * targeted / max(total, 1):.1f}%) | mean density {sum(dens) / max(len(dens), 1):.3f} | "
-                f"mask bits resident: {len(dens) * targeted / 8 / 2**20:.2f} MiB | mode: {self.mode}")
+                f"mask bits resident: {len(dens) * targeted / 8 / 2**20:.2f} MiB | mode: {self.mode} | "
+                f"{native_status()}")

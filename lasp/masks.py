@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from lasp import __version__
-from lasp.bits import pack_bits, packed_shape, popcount, unpack_bits
+from lasp.bits import intersection_packed, iou_packed, pack_bits, packed_shape, popcount, union_packed, unpack_bits
 from lasp.errors import MaskError
 from lasp.locks import locked
 from lasp.provenance import legacy_record, mask_record, sha256_file
@@ -161,28 +161,23 @@ class LanguageMasks:
         languages = list(languages)
         if not languages:
             raise MaskError("set operation over an empty list of languages")
-        out = {}
-        for name in self._shapes:
-            acc = self._require(languages[0])[name].clone()
-            for lang in languages[1:]:
-                acc = op(acc, self._require(lang)[name])
-            out[name] = unpack_bits(acc, self._shapes[name])
-        return out
+        return {name: unpack_bits(op([self._require(l)[name] for l in languages]), self._shapes[name])
+                for name in self._shapes}
 
     def union(self, languages: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        return self._reduce(self.languages if languages is None else languages, torch.bitwise_or)
+        return self._reduce(self.languages if languages is None else languages, union_packed)
 
     def intersection(self, languages: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        return self._reduce(self.languages if languages is None else languages, torch.bitwise_and)
+        return self._reduce(self.languages if languages is None else languages, intersection_packed)
 
     def shared_by_all(self) -> dict[str, torch.Tensor]:
         return self.intersection(self.languages)
 
     def iou(self, a: str, b: str) -> float:
-        """|A∧B| / |A∨B| over all parameters (NaN if both are empty), computed by lasp.analysis.overlap."""
-        from lasp.analysis.overlap import mask_iou  # lazy: the analysis package imports plotting libraries
-
-        return mask_iou(self, a, b)
+        """|A∧B| / |A∨B| over all parameters, counted on the packed bits (NaN if both are empty, as in
+        lasp.analysis.overlap)."""
+        pa, pb = self._require(a), self._require(b)
+        return iou_packed([pa[n] for n in self._shapes], [pb[n] for n in self._shapes])
 
     def summary(self) -> str:
         lines = [f"{len(self)} languages × {len(self._shapes)} tensors ({self.numel():,} masked parameters each)"]

@@ -105,7 +105,7 @@ def checkpoint_heads(name_or_path: str) -> list[str]:
     """The heads a checkpoint directory was saved with (from ``architectures`` in its config.json)."""
     import json
 
-    with open(os.path.join(name_or_path, "config.json"), encoding="utf-8") as fh:
+    with open(os.path.join(model_dir(name_or_path), "config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
     family = _FAMILIES.get(config.get("model_type"), ())
     archs = config.get("architectures") or []

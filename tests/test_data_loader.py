@@ -64,7 +64,7 @@ def test_finetuning_with_two_workers_equals_in_process(tmp_path, corpus):
         cfg = fast_recipe(tmp_path / f"w{workers}", corpus, "finetune.system=shared", "finetune.max_steps=4",
                           f"data.num_workers={workers}")
         finals.append(finetune(cfg, progress=False))
-    a, b = (load_file(str(f / "model.safetensors")) for f in finals)
+    a, b = (load_file(str(f / "shared" / "model.safetensors")) for f in finals)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -106,6 +106,6 @@ def test_a_run_with_two_workers_resumed_mid_run_is_bit_identical(tmp_path, corpu
     with pytest.raises(_Crash):
         finetune(cfg, callbacks={"on_checkpoint": crash}, progress=False)
     resumed = finetune(cfg, progress=False)
-    a, b = (load_file(str(f / "model.safetensors")) for f in (ref, resumed))
+    a, b = (load_file(str(f / "shared" / "model.safetensors")) for f in (ref, resumed))
     for k in a:
         assert torch.equal(a[k], b[k]), k

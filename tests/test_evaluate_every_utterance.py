@@ -58,5 +58,6 @@ def test_every_test_utterance_is_scored_and_unreadable_ones_are_named(tmp_path, 
     summary = (out / "wer-summary-es.txt").read_text()
     assert "unreadable\t2" in summary and "nowhere.wav" in summary
     # printed as fractions, with the counts and where the files went
-    assert f"CER {es['cer']:.4f}" in printed and f"({readable} utterances scored, 2 unreadable)" in printed
+    assert "(error rates as fractions)" in printed
+    assert f"es      {es['cer']:>8.4f}{es['wer']:>8.4f}  {readable} (2 unreadable, see results.json)" in printed
     assert str(out) in printed

@@ -112,16 +112,3 @@ def test_update_confinement_with_adamw(tiny_ctc, random_masks, mode):
             assert torch.equal(after[name][outside], before[name][outside]), (i, name)
             changed_inside += int((after[name][union[name]] != before[name][union[name]]).sum())
         assert changed_inside > 0  # the step did train the sub-network
-
-
-def test_confinement_also_restores_optimizer_state(tiny_ctc, random_masks):
-    mm = MaskedModel(tiny_ctc, random_masks)
-    inner = torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1)
-    optimizer = ConfinedOptimizer(inner, mm)
-    mm.set_language("es")
-    mm(**make_ctc_batch(12)).loss.backward()
-    optimizer.step()
-    name, p = next(iter(select_targets(tiny_ctc).items()))
-    outside = ~mm.union_mask(["es"])[name]
-    assert (inner.state[p]["exp_avg"][outside] == 0).all()
-    assert (inner.state[p]["exp_avg_sq"][outside] == 0).all()

@@ -2,7 +2,7 @@
 
 Correct on every device and dtype and differentiable by autograd (so ``dW`` is
 ``M ⊙ (dYᵀ X)`` without extra work), but it materializes ``W ⊙ M`` in memory on
-every call. The fused kernels in :mod:`lasp.kernels` are checked against it.
+every call. The masked cast (:mod:`lasp.kernels.cast`) is checked against it.
 """
 from __future__ import annotations
 

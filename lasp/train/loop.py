@@ -175,10 +175,12 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                 scaler.scale(loss).backward()
             total_weight = D.all_sum(weight, info)
             grad_norm = float("nan")
+            unscaled = False
             if not bad:
                 D.normalize_grads(params, total_weight, info)  # DDP already summed them during backward
                 if use_scaler:
                     scaler.unscale_(inner)
+                    unscaled = True
                 clip = stage.optim.max_grad_norm if stage.optim.max_grad_norm > 0 else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 bad = not math.isfinite(grad_norm)  # identical on every rank after the all-reduce
@@ -189,7 +191,9 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                 optimizer.step(languages=langs)
             else:
                 optimizer.step()
-            if use_scaler:
+            if unscaled:
+                # update() reads the inf checks unscale_ records and asserts without them; after a non-finite
+                # loss (no backward) the scale stays: it only scales gradients, not the forward that overflowed
                 scaler.update()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()

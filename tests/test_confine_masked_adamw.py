@@ -1,0 +1,147 @@
+"""Confinement inside the optimizer: masked AdamW, accumulation across languages, mixed batches."""
+import pytest
+import torch
+
+from conftest import make_ctc_batch
+from lasp.bits import pack_bits
+from lasp.confine import ConfinedOptimizer, _masked_adamw_torch, masked_adamw_step
+from lasp.kernels import native
+from lasp.masked import MaskedModel
+
+
+def _bits_equal(a, b):
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def _train(mm, optimizer, plan, seed=0):
+    """``plan``: one list of micro-batches per step, each micro-batch a list of per-example languages."""
+    for i, micro in enumerate(plan):
+        optimizer.zero_grad()
+        for j, langs in enumerate(micro):
+            mm.set_language(langs if len(set(langs)) > 1 else langs[0])
+            batch = make_ctc_batch(12, batch_size=len(langs), samples=4000, seed=100 * seed + 10 * i + j)
+            mm(**batch).loss.backward()
+        optimizer.step()
+
+
+def _outside_unchanged(mm, before, langs):
+    union = mm.union_mask(langs)
+    return all(_bits_equal(p.detach()[~union[n]], before[n][~union[n]]) for n, p in mm.targets.items())
+
+
+@pytest.mark.parametrize("native_loops", [True, False])
+def test_accumulation_over_languages_trains_their_union_only(tiny_ctc, random_masks, monkeypatch, native_loops):
+    if not native_loops:
+        monkeypatch.setattr(native, "usable", lambda *t: False)  # the torch-op path (GPU, non-fp32)
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    optimizer = ConfinedOptimizer(torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1), mm)
+    _train(mm, optimizer, [[["ru"]]])  # momentum and second moments exist everywhere ru trains
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    # one step accumulating an es micro-batch, then a de micro-batch: the step trains es ∪ de, not only de
+    _train(mm, optimizer, [[["es"], ["de"]]], seed=1)
+    assert _outside_unchanged(mm, before, ["es", "de"])
+    es_only = {n: m & ~random_masks["de"][n] for n, m in random_masks["es"].items()}
+    assert sum(int((p.detach()[es_only[n]] != before[n][es_only[n]]).sum()) for n, p in mm.targets.items()) > 0
+
+
+def test_mixed_unsorted_batch_is_confined_bitwise(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    optimizer = ConfinedOptimizer(torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1), mm)
+    _train(mm, optimizer, [[["ru", "ru"]]])
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    _train(mm, optimizer, [[["de", "es", "de"]]], seed=2)
+    assert _outside_unchanged(mm, before, ["es", "de"])
+
+
+def _two_languages(mm, optimizer):
+    _train(mm, optimizer, [[["es"]]])
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    moments = {n: optimizer.state[p]["exp_avg"].clone() for n, p in mm.targets.items()}
+    _train(mm, optimizer, [[["de"]]], seed=3)
+    return before, moments
+
+
+def test_confinement_keeps_weights_and_moments_of_other_languages(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    inner = torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1)
+    before, moments = _two_languages(mm, ConfinedOptimizer(inner, mm))
+    outside = {n: ~m for n, m in mm.union_mask(["de"]).items()}
+    for name, p in mm.targets.items():
+        assert _bits_equal(p.detach()[outside[name]], before[name][outside[name]]), name
+        assert _bits_equal(inner.state[p]["exp_avg"][outside[name]], moments[name][outside[name]]), name
+
+
+def test_the_same_check_fails_without_confinement(tiny_ctc, random_masks):
+    # a plain AdamW lets es's momentum and the weight decay move weights de does not use
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    inner = torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1)
+    before, moments = _two_languages(mm, inner)
+    outside = {n: ~m for n, m in mm.union_mask(["de"]).items()}
+    assert not all(_bits_equal(p.detach()[outside[n]], before[n][outside[n]]) for n, p in mm.targets.items())
+    assert not all(_bits_equal(inner.state[p]["exp_avg"][outside[n]], moments[n][outside[n]])
+                   for n, p in mm.targets.items())
+
+
+@pytest.mark.parametrize("native_loops", [True, False])
+def test_masked_adamw_equals_adamw_inside_the_union(native_loops):
+    if native_loops and not native.available():
+        pytest.skip(native.status())
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(16, 24, generator=gen))
+    q = torch.nn.Parameter(p.detach().clone())
+    reference = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.1)
+    keep = torch.rand(16, 24, generator=gen) < 0.5
+    state, group = {p: {}}, reference.param_groups[0]
+    for _ in range(3):
+        g = torch.randn(16, 24, generator=gen) * keep
+        p.grad, q.grad = g.clone(), g.clone()
+        reference.step()
+        old = p.detach().clone()
+        with torch.no_grad():
+            if native_loops:
+                masked_adamw_step([p], [pack_bits(keep)], state, group)
+            else:
+                st = state[p]
+                if not st:
+                    st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                st["step"] += 1
+                t = float(st["step"])
+                _masked_adamw_torch([(p, p.grad, st["exp_avg"], st["exp_avg_sq"], pack_bits(keep),
+                                      1e-2 / (1 - 0.9 ** t), (1 - 0.999 ** t) ** 0.5)], 1e-2, 0.9, 0.999, 1e-8, 0.1)
+        assert _bits_equal(p.detach()[~keep], old[~keep])
+    torch.testing.assert_close(p.detach()[keep], q.detach()[keep], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(state[p]["exp_avg"][keep], reference.state[q]["exp_avg"][keep])
+
+
+def test_other_optimizers_use_the_snapshot_fallback(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    optimizer = ConfinedOptimizer(torch.optim.SGD(tiny_ctc.parameters(), lr=1e-2, momentum=0.9,
+                                                  weight_decay=0.1), mm)
+    assert not optimizer.fused
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    _train(mm, optimizer, [[["es"]], [["de"]]])
+    assert _outside_unchanged(mm, before, ["es", "de"])
+
+
+def test_unions_are_cached_as_packed_bits(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks)
+    bits = mm.union_bits(["es", "de"])
+    assert all(t.dtype == torch.uint8 for t in bits.values())
+    assert mm.union_bits(["de", "es"]) is bits  # one cache entry per set of languages
+    for name, m in mm.union_mask(["es", "de"]).items():
+        assert torch.equal(m, random_masks["es"][name] | random_masks["de"][name])
+
+
+def test_evaluation_between_steps_does_not_widen_the_union(tiny_ctc, random_masks):
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    optimizer = ConfinedOptimizer(torch.optim.AdamW(tiny_ctc.parameters(), lr=1e-2, weight_decay=0.1), mm)
+    _train(mm, optimizer, [[["es"]], [["ru"]]])
+    before = {n: p.detach().clone() for n, p in mm.targets.items()}
+    optimizer.zero_grad()
+    mm.set_language("de")
+    mm(**make_ctc_batch(12, batch_size=1, samples=4000, seed=7)).loss.backward()
+    with torch.no_grad(), mm.language("es"):  # an evaluation pass in the middle of the step
+        mm(**make_ctc_batch(12, batch_size=1, samples=4000, seed=8))
+    assert optimizer.step_languages() == ("de",)
+    optimizer.step()
+    assert _outside_unchanged(mm, before, ["de"])
