@@ -37,14 +37,9 @@ def search_head(init: str, head: str = "auto") -> str:
         raise ConfigError(f"unknown scoring head {head!r}; choose auto, pretraining or ctc")
     if head != "auto":
         return head
-    if not is_preset(init) and os.path.isdir(init):
-        from lasp.system_layout import model_dir
-
-        # a system directory (a stage's final/) keeps its Hugging Face checkpoint in shared/
-        checkpoint = model_dir(init)
-        if (checkpoint / "config.json").is_file() and "ctc" in checkpoint_heads(str(checkpoint)) \
-                and (Path(init) / "vocab.json").is_file():
-            return "ctc"
+    if not is_preset(init) and os.path.isdir(init) and "ctc" in checkpoint_heads(init) \
+            and (Path(init) / "vocab.json").is_file():
+        return "ctc"
     return "pretraining"
 
 
