@@ -222,9 +222,9 @@ def prepare(cfg: RecipeConfig, settings: RunConfig) -> tuple[RecipeConfig, list[
     manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     kind = corpus_kind(settings.corpus)
-    print(f"corpus: {settings.corpus} ({'lasp synthetic corpus' if kind == 'synthetic' else 'your manifests, read only'})"
-          f"; base model: {cfg.model.name if base_is_checkpoint(cfg) else 'pre-trained here from the ' + cfg.model.name + ' preset'}",
-          flush=True)
+    what = "lasp synthetic corpus" if kind == "synthetic" else "your manifests, read only"
+    base = cfg.model.name if base_is_checkpoint(cfg) else f"pre-trained here from the {cfg.model.name} preset"
+    print(f"corpus: {settings.corpus} ({what}); base model: {base}", flush=True)
     stage_cfg = stage_config(cfg, settings, manifests)
     stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
     save_recipe(cfg, out / "recipe.yaml")

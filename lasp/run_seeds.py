@@ -34,10 +34,10 @@ def seed_configs(cfg: RecipeConfig, settings: RunConfig) -> list[RecipeConfig]:
     configs = []
     for seed in settings.seeds:
         sdir = out / f"seed-{seed}"
-        sset = replace(settings, corpus=settings.corpus if shared_corpus else str(Path(settings.corpus) / f"seed-{seed}"),
-                       report=str(sdir / "report.md"), seeds=[], spread_from=None)
-        configs.append(replace(cfg, seed=seed, output_dir=str(sdir),
-                               masks=replace(cfg.masks, dir=str(sdir / "masks-lasp")), extra={**cfg.extra, "run": sset}))
+        corpus = settings.corpus if shared_corpus else str(Path(settings.corpus) / f"seed-{seed}")
+        sset = replace(settings, corpus=corpus, report=str(sdir / "report.md"), seeds=[], spread_from=None)
+        masks = replace(cfg.masks, dir=str(sdir / "masks-lasp"))
+        configs.append(replace(cfg, seed=seed, output_dir=str(sdir), masks=masks, extra={**cfg.extra, "run": sset}))
     return configs
 
 
@@ -87,8 +87,8 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
             "Each variant is a lasp system on the same base model with the recipe overrides it names; "
             "'vs lasp' is the paired difference of macro CER (variant − lasp) with its 95 % bootstrap interval.", "",
             "| variant | mask search | sparsity | pre-training | macro CER | 95 % interval | vs lasp |",
-            "|---|---|---|---|---|---|---|", *rows, "", f"![macro CER vs sparsity per mask search]({_rel(plot, report)})",
-            ""]
+            "|---|---|---|---|---|---|---|", *rows, "",
+            f"![macro CER vs sparsity per mask search]({_rel(plot, report)})", ""]
 
 
 def _std(value: float) -> str:
@@ -141,7 +141,8 @@ def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: lis
              mask_sentence(first),
              f"Seeds: {len(run_dirs)} ({seeds}); each seed draws its own corpus (when lasp synthesizes it), base "
              "model, masks and training batches. Per-seed reports: "
-             + ", ".join(f"[seed {c.seed}]({_rel(Path(d) / 'report.md', report)})" for c, d in zip(stage_cfgs, run_dirs))
+             + ", ".join(f"[seed {c.seed}]({_rel(Path(d) / 'report.md', report)})"
+                         for c, d in zip(stage_cfgs, run_dirs))
              + ".", "",
              f"## Character error rates across seeds ({cfg.evaluate.split} split)", "",
              summary.markdown, ""]
@@ -181,5 +182,6 @@ def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
                        for c in claims)
     return (f"Seeds: one (seed {cfg.seed}); this run measures no spread itself, but the benchmark at `{path}` "
             f"({len(seeds)} seeds, its own recipe and corpus) measured a standard deviation of macro CER across "
-            f"seeds of {stds or 'nothing for these systems'}" + (f", with paired 95 % intervals {tested}" if tested else "")
+            f"seeds of {stds or 'nothing for these systems'}"
+            + (f", with paired 95 % intervals {tested}" if tested else "")
             + ". Differences here smaller than that spread are not evidence of a difference.")
