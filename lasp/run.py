@@ -269,8 +269,7 @@ def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
 
 def run(cfg: RecipeConfig, progress: bool = True) -> Path:
     """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path."""
-    from lasp.run_report import write_report
-    from lasp.run_seeds import seed_configs, seeds_report, summarize
+    from lasp.run_seeds import seed_configs
 
     settings = run_settings(cfg)
     if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
@@ -293,19 +292,43 @@ def run(cfg: RecipeConfig, progress: bool = True) -> Path:
         mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
         (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
                                                               indent=2))
-    run_dirs = [Path(c.output_dir) for c, _, _ in prepared]
-    summary = summarize(run_dirs, settings, out) if multi or settings.variants else None
-    if multi:
-        for seed_cfg, stage_cfg, _ in prepared:
-            write_report(stage_cfg, seed_cfg.extra["run"], Path(seed_cfg.output_dir), seeds_of=settings)
-        report = seeds_report(cfg, settings, summary, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
-                              wall_total=time.monotonic() - t0)
-    else:
-        seed_cfg, stage_cfg, _ = prepared[0]
-        report = write_report(stage_cfg, seed_cfg.extra["run"], out, wall_total=time.monotonic() - t0,
-                              summary=summary)
+    report = write_reports(cfg, settings, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
+                           wall_total=time.monotonic() - t0)
     print(f"report: {report}", flush=True)
     return report
+
+
+def write_reports(cfg: RecipeConfig, settings: RunConfig, seed_cfgs: list[RecipeConfig],
+                  stage_cfgs: list[RecipeConfig], wall_total: float | None = None) -> Path:
+    """The run's report (and, with several seeds, every seed's report and the seed summary); returns its path."""
+    from lasp.run_report import write_report
+    from lasp.run_seeds import seeds_report, summarize
+
+    multi = len(seed_cfgs) > 1
+    run_dirs = [Path(c.output_dir) for c in seed_cfgs]
+    summary = summarize(run_dirs, settings, Path(cfg.output_dir)) if multi or settings.variants else None
+    if not multi:
+        return write_report(stage_cfgs[0], seed_cfgs[0].extra["run"], run_dirs[0], wall_total=wall_total,
+                            summary=summary)
+    for seed_cfg, stage_cfg in zip(seed_cfgs, stage_cfgs):
+        write_report(stage_cfg, seed_cfg.extra["run"], Path(seed_cfg.output_dir), seeds_of=settings)
+    return seeds_report(cfg, settings, summary, seed_cfgs, stage_cfgs, wall_total=wall_total)
+
+
+def report_from_outputs(cfg: RecipeConfig) -> Path:
+    """`lasp report`: rewrite the reports of a finished (or partly finished) `lasp run` of ``cfg``."""
+    from lasp.config import load_recipe
+    from lasp.run_seeds import seed_configs
+
+    settings = run_settings(cfg)
+    seed_cfgs = seed_configs(cfg, settings)
+    stage_cfgs = []
+    for seed_cfg in seed_cfgs:
+        path = Path(seed_cfg.output_dir) / "stages.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; `lasp run` has not started in output_dir {cfg.output_dir} yet")
+        stage_cfgs.append(load_recipe(path))
+    return write_reports(cfg, settings, seed_cfgs, stage_cfgs)
 
 
 def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:

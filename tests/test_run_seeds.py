@@ -8,7 +8,7 @@ import pytest
 
 from lasp.config import load_recipe
 from lasp.errors import ConfigError
-from lasp.run import demo_recipe_path, plan_run, run, run_settings
+from lasp.run import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
 from lasp.run_seeds import spread_sentence
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
@@ -52,6 +52,12 @@ def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypa
     assert "## Ablations (run.variants)" in text and "| lass | lass change | 0.5 | no |" in text
     assert "cer_by_language.png" in text and (out / "cer_vs_sparsity.png").stat().st_size > 0
     assert "| lass |" in text.split("## How language-specific the masks are")[1]
+    # `lasp report` rewrites the same reports from the outputs alone
+    (out / "report.md").unlink()
+    (out / "seed-1/report.md").unlink()
+    rewritten = report_from_outputs(cfg).read_text()
+    assert rewritten.split("Total wall time")[0] == text.split("Total wall time")[0]
+    assert "Seed 1 of a run over seeds 0, 1" in (out / "seed-1/report.md").read_text()
 
 
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
