@@ -56,7 +56,7 @@ def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypa
     (out / "report.md").unlink()
     (out / "seed-1/report.md").unlink()
     rewritten = report_from_outputs(cfg).read_text()
-    assert rewritten.split("Total wall time")[0] == text.split("Total wall time")[0]
+    assert rewritten.split("Total wall time")[0].rstrip() == text.split("Total wall time")[0].rstrip()
     assert "Seed 1 of a run over seeds 0, 1" in (out / "seed-1/report.md").read_text()
 
 
