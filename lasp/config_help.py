@@ -50,7 +50,8 @@ HELP: dict[str, dict[str, str]] = {
     },
     "MaskConfig": {
         "dir": "mask set folder; searched and written there when it holds no mask set yet",
-        "method": "oneshot: score once and prune; imp: iterative pruning with rewinding (sparse sharing)",
+        "method": "oneshot: score once and prune; imp: iterative pruning with rewinding (sparse sharing); "
+                  "lass: adapt the shared model to each language, then prune (LaSS)",
         "scorer": "importance score: magnitude |w|, taylor |w*g|, fisher g^2, or random",
         "sparsity": "fraction in [0, 1) of each targeted tensor (or of all targets, scope=global) pruned",
         "scope": "per-tensor: prune each tensor to the sparsity; global: one threshold over all targets",
@@ -60,6 +61,10 @@ HELP: dict[str, dict[str, str]] = {
         "imp_rounds": "imp only: rounds of (train, prune, rewind to the shared weights)",
         "imp_steps": "imp only: training steps on the language per round",
         "imp_lr": "imp only: learning rate of those training steps",
+        "lass_steps": "lass only: Adam steps adapting the shared model to each language before pruning",
+        "lass_lr": "lass only: learning rate of those adaptation steps",
+        "lass_criterion": "lass only: prune the smallest adapted weights |W_lang| (magnitude) or the least "
+                          "changed |W_lang - W_shared| (change)",
         "reuse": "use the mask set in dir even if what made it (scorer, sparsity, data, ...) differs from this recipe",
         "min_utterances": "a language needs at least this many training rows to get a mask searched for it",
     },
@@ -129,6 +134,11 @@ HELP: dict[str, dict[str, str]] = {
         "parallel": "stage processes running side by side, one thread each",
         "report": "path of the markdown report (its figures go next to it)",
         "synthesize": "auto: synthesize a corpus only when run.corpus has no manifests; always; never (use yours)",
+        "seeds": "run the whole comparison once per seed (in <output_dir>/seed-<s>) and report intervals across "
+                 "seeds; empty = the recipe's seed only",
+        "variants": "ablations: list of {name, overrides: {masks.*|pretrain.*|finetune.*: value}, pretrain: "
+                    "true|false}, each an extra lasp system on the same base model",
+        "spread_from": "a benchmark's seeds_summary.json; the report quotes its seed-to-seed spread (null: none)",
     },
 }
 

@@ -52,8 +52,9 @@ class DataConfig:
 class MaskConfig:
     # mask set directory; searched and written there when it does not exist yet
     dir: str | None = None
-    # oneshot: score once and prune; imp: iterative pruning with rewinding (sparse sharing)
-    method: Literal["oneshot", "imp"] = "oneshot"
+    # oneshot: score once and prune; imp: iterative pruning with rewinding (sparse sharing); lass: adapt to the
+    # language, then prune (LaSS)
+    method: Literal["oneshot", "imp", "lass"] = "oneshot"
     scorer: Literal["magnitude", "taylor", "fisher", "random"] = "taylor"
     # fraction of each targeted tensor (or of all targets, scope=global) that is pruned per language
     sparsity: float = 0.5
@@ -71,6 +72,11 @@ class MaskConfig:
     reuse: bool = False
     # a language needs at least this many training rows to get a mask searched for it
     min_utterances: int = 20
+    # lass only: Adam steps and learning rate of each language's short adaptation of the shared model, and what
+    # is pruned afterwards: the smallest adapted weights (magnitude) or the least-changed ones (change)
+    lass_steps: int = 50
+    lass_lr: float = 5e-4
+    lass_criterion: Literal["magnitude", "change"] = "change"
 
 
 @dataclass
@@ -191,6 +197,14 @@ class RunConfig:
     # are the user's and are only read); "always" requires lasp's synthetic corpus and refuses to write over
     # manifests lasp did not make; "never" requires existing manifests
     synthesize: Literal["auto", "always", "never"] = "auto"
+    # seeds: the whole comparison (corpus draw, base model, masks, training) once per seed, in <output_dir>/seed-<s>,
+    # then a multi-seed summary with intervals; empty = the recipe's seed only, in <output_dir>
+    seeds: list[int] = field(default_factory=list)
+    # ablations: [{name, overrides: {masks.*|pretrain.*|finetune.*: value}, pretrain: true|false}], each an extra
+    # lasp system on the same base model, with its own masks (shared when its masks section is lasp's)
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    # a benchmark's seeds_summary.json whose seed-to-seed spread this single-seed report quotes; null = none
+    spread_from: str | None = None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
   oneshot   score each language on its batches (lasp.scoring), prune (lasp.pruning)
   imp       iterative magnitude pruning with rewinding on the same batches (lasp.imp)
+  lass      adapt the shared model to each language on the same batches, prune by |W| or |ΔW| (lasp.lass)
   random    uniform random masks at masks.sparsity, or matched per tensor to a lasp set (the LaSS control)
 
 ``lasp prune`` and the automatic search inside ``pretrain`` / ``finetune`` both call :func:`search_masks`
@@ -24,6 +25,7 @@ from lasp.masks import LanguageMasks
 from lasp.scoring import GRADIENT_SCORERS, language_seed
 
 log = logging.getLogger(__name__)
+METHODS = ("oneshot", "imp", "lass")
 
 
 def search_head(init: str, head: str = "auto") -> str:
@@ -123,11 +125,12 @@ def search_masks(cfg, init: str, languages: Sequence[str], *, head: str = "auto"
 
 def _search(cfg, init, languages, head, device, progress) -> LanguageMasks:
     m = cfg.masks
-    if m.method not in ("oneshot", "imp"):
-        raise ConfigError(f"key 'masks.method': unknown mask search method {m.method!r}; choose oneshot or imp")
+    if m.method not in METHODS:
+        raise ConfigError(f"key 'masks.method': unknown mask search method {m.method!r}; choose "
+                          + ", ".join(METHODS))
     head = search_head(init, head)
     model, vocab = load_search_model(cfg, init, head, device)
-    needs_data = m.method == "imp" or m.scorer in GRADIENT_SCORERS
+    needs_data = m.method in ("imp", "lass") or m.scorer in GRADIENT_SCORERS
     loaders = language_loaders(cfg, init, model, vocab, languages, device) if needs_data else \
         {l: None for l in languages}
     data = os.path.abspath(cfg.data.train) if cfg.data.train else None
@@ -138,6 +141,13 @@ def _search(cfg, init, languages, head, device, progress) -> LanguageMasks:
                                    rounds=m.imp_rounds, steps=m.imp_steps, lr=m.imp_lr, scope=m.scope,
                                    pattern=m.pattern, targets=m.targets, seed=cfg.seed, base_model=init, data=data,
                                    progress=progress)
+    elif m.method == "lass":
+        from lasp.lass import lass_language_masks
+
+        masks = lass_language_masks(model, {l: list(loaders[l]) for l in languages}, sparsity=m.sparsity,
+                                    steps=m.lass_steps, lr=m.lass_lr, criterion=m.lass_criterion, scope=m.scope,
+                                    pattern=m.pattern, targets=m.targets, seed=cfg.seed, base_model=init, data=data,
+                                    progress=progress)
     else:
         from lasp.pruning import make_language_masks
 
@@ -169,3 +179,17 @@ def prune_to_dir(cfg, init: str, out: str, *, languages: Sequence[str] | None = 
     masks = search_masks(cfg, init, langs, head=head, device=pick_device(cfg.device), progress=progress)
     masks.save(out)
     return masks
+
+
+def specificity_summary(masks: LanguageMasks) -> str:
+    """How language-specific ``masks`` is, in two lines (:func:`lasp.analysis.overlap.specificity`): mean pairwise
+    IoU against random masks of the same per-tensor densities, and the share of kept weights unique to a language."""
+    from lasp.analysis.overlap import compute_overlap, specificity
+
+    if len(masks.languages) < 2:
+        return "specificity: needs at least two languages"
+    s = specificity(compute_overlap(masks))
+    return (f"specificity: mean pairwise IoU {s['mean_iou']:.3f} vs {s['mean_random_iou']:.3f} for random masks of "
+            f"the same densities (ratio {s['iou_ratio']:.2f}; 1 = chance, {s['max_iou_ratio']:.2f} = nested)\n"
+            f"kept weights unique to one language: {s['mean_unique_share']:.3f} on average "
+            f"(random masks: {s['mean_random_unique_share']:.3f})")

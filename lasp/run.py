@@ -17,17 +17,17 @@ checkpoint, so rerunning the same command continues an interrupted run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from lasp.config import RecipeConfig, save_recipe
 from lasp.config_schema import SYSTEMS, RunConfig
-from lasp.errors import ConfigError, LaspError
+from lasp.errors import ConfigError
+from lasp.run_schedule import Job, _progress, run_jobs  # noqa: F401  (_progress: tests)
+from lasp.run_variants import parse_variants, variant_config, variant_recipe, write_variant_recipes
 
 
 
@@ -38,21 +38,6 @@ DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
 def demo_recipe_path() -> Path:
     return DEMO_RECIPE
-
-
-@dataclass
-class Job:
-    name: str
-    argv: list[str]
-    deps: list[str]
-    done_marker: Path
-    threads: int = 1
-    run_dir: Path | None = None
-    max_steps: int | None = None
-    max_minutes: float | None = None  # a wall-time budget; progress is then shown against it
-    proc: subprocess.Popen | None = None
-    started: float = 0.0
-    log: Path | None = None
 
 
 def run_settings(cfg: RecipeConfig) -> RunConfig:
@@ -68,6 +53,12 @@ def run_settings(cfg: RecipeConfig) -> RunConfig:
         raise ConfigError("run.base_steps must be at least 1")
     if settings.base_minutes is not None and settings.base_minutes <= 0:
         raise ConfigError("run.base_minutes must be > 0 (or null for no wall-time budget)")
+    if any(not isinstance(s, int) or s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
+        raise ConfigError(f"run.seeds must be distinct integers >= 0, got {settings.seeds}")
+    unknown_low = [lang for lang in settings.low_resource if lang not in settings.languages]
+    if unknown_low:
+        raise ConfigError(f"run.low_resource: {unknown_low[0]!r} is not one of run.languages")
+    parse_variants(settings.variants)  # names and keys; values are checked when the variant recipes are built
     return settings
 
 
@@ -138,21 +129,10 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                     [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
                     max_minutes=settings.base_minutes)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
-    if masked:
+    variants = [(v, variant_config(cfg, v)) for v in parse_variants(settings.variants)]
+    if masked or any(vcfg.masks == cfg.masks for _, vcfg in variants):
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
-        m = cfg.masks
-        if m.method != "oneshot":
-            raise ConfigError("lasp run searches masks one-shot (score → prune); set masks.method: oneshot, "
-                              "or search with IMP beforehand and point masks.dir at the result")
-        jobs.append(Job("masks", [*lasp, "prune", "--recipe", str(stage_recipe), "--model", str(base),
-                                  "--data", cfg.data.train,
-                                  "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
-                                  "--pattern", m.pattern, "--batches", str(m.max_batches),
-                                  "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
-                                  "--langs", ",".join(settings.languages), "--out", str(masks),
-                                  "--min-utterances", str(m.min_utterances),
-                                  *(["--targets", *m.targets] if m.targets else [])],
-                        base_job, masks / "mask_config.json"))
+        jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
     for system in settings.systems:
         pretrain_dir = out / f"pretrain-{system}"
         if system != "adapters":  # adapters are a fine-tuning method; they start from the shared model
@@ -167,21 +147,68 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
         init_job = "pretrain-shared" if system == "adapters" else f"pretrain-{system}"
         if system == "adapters" and "shared" not in settings.systems:
             init, init_job = base, (base_job[0] if base_job else None)
-        ft_dir = out / f"finetune-{system}"
-        jobs.append(Job(f"finetune-{system}",
-                        [*lasp, "finetune", str(stage_recipe), f"finetune.system={system}",
-                         f"finetune.run_dir={ft_dir}", f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
-                        [init_job] if init_job else [], ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
-                        max_minutes=cfg.finetune.max_minutes))
-        eval_dir = out / f"eval-{system}"
-        jobs.append(Job(f"evaluate-{system}",
-                        [*lasp, "evaluate", str(stage_recipe), f"evaluate.model={ft_dir / 'final'}",
-                         f"evaluate.out_dir={eval_dir}", "threads=1"],
-                        [f"finetune-{system}"], eval_dir / "results.json"))
+        jobs += _finetune_jobs(system, system, cfg, stage_recipe, masks, init, [init_job] if init_job else [])
+    for variant, vcfg in variants:
+        # a variant is a lasp system with its own recipe: its own masks unless they are the lasp system's
+        recipe = variant_recipe(stage_recipe, variant)
+        if vcfg.masks == cfg.masks:
+            vmasks, masks_job = masks, "masks"
+        else:
+            vmasks, masks_job = out / f"masks-{variant.name}", f"masks-{variant.name}"
+            jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
+        init, init_deps = base, [masks_job]
+        if variant.pretrain:
+            pretrain_dir = out / f"pretrain-{variant.name}"
+            jobs.append(Job(f"pretrain-{variant.name}",
+                            [*lasp, "pretrain", str(recipe), "pretrain.system=lasp", f"pretrain.run_dir={pretrain_dir}",
+                             f"pretrain.init={base}", f"masks.dir={vmasks}", "threads=1", "data.mixed=false"],
+                            [masks_job], pretrain_dir / "final", run_dir=pretrain_dir,
+                            max_steps=vcfg.pretrain.max_steps, max_minutes=vcfg.pretrain.max_minutes))
+            init, init_deps = pretrain_dir / "final", [f"pretrain-{variant.name}"]
+        jobs += _finetune_jobs(variant.name, "lasp", vcfg, recipe, vmasks, init, init_deps)
     # When a thread-slot frees up, start the earliest kind of stage that is ready: every pre-training run
     # before any fine-tuning run, so the long fine-tuning runs start as early as possible and end together.
-    rank = {"base": 0, "masks": 1, "pretrain": 2, "finetune": 3, "evaluate": 4}
-    return sorted(jobs, key=lambda job: rank[job.name.split("-")[0]])
+    return sorted(jobs, key=lambda job: STAGE_RANK[stage_kind(job.name)])
+
+
+STAGE_RANK = {"base": 0, "masks": 1, "pretrain": 2, "finetune": 3, "evaluate": 4}
+
+
+def stage_kind(name: str) -> str:
+    """``finetune`` for ``finetune-lasp`` or ``seed-1/finetune-sparsity-0.3``."""
+    return name.rsplit("/", 1)[-1].split("-")[0]
+
+
+def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job: list[str], masks: Path,
+               settings: RunConfig) -> Job:
+    """``lasp prune`` of ``base`` by ``cfg``'s masks section (any method) into ``masks``."""
+    m = cfg.masks
+    return Job(name, [sys.executable, "-m", "lasp", "prune", "--recipe", str(recipe), "--model", str(base),
+                      "--data", cfg.data.train, "--method", m.method,
+                      "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
+                      "--pattern", m.pattern, "--batches", str(m.max_batches),
+                      "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
+                      "--langs", ",".join(settings.languages), "--out", str(masks),
+                      "--min-utterances", str(m.min_utterances),
+                      *(["--targets", *m.targets] if m.targets else [])],
+               base_job, masks / "mask_config.json")
+
+
+def _finetune_jobs(name: str, system: str, cfg: RecipeConfig, recipe: Path, masks: Path, init: Path,
+                   deps: list[str]) -> list[Job]:
+    """Fine-tuning of ``system`` from ``init`` into finetune-<name>, and its evaluation into eval-<name>."""
+    lasp = [sys.executable, "-m", "lasp"]
+    out = Path(cfg.output_dir)
+    ft_dir, eval_dir = out / f"finetune-{name}", out / f"eval-{name}"
+    return [Job(f"finetune-{name}",
+                [*lasp, "finetune", str(recipe), f"finetune.system={system}", f"finetune.run_dir={ft_dir}",
+                 f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
+                deps, ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
+                max_minutes=cfg.finetune.max_minutes),
+            Job(f"evaluate-{name}",
+                [*lasp, "evaluate", str(recipe), f"evaluate.model={ft_dir / 'final'}",
+                 f"evaluate.out_dir={eval_dir}", "threads=1"],
+                [f"finetune-{name}"], eval_dir / "results.json")]
 
 
 def _override_value(value) -> str:
@@ -189,115 +216,119 @@ def _override_value(value) -> str:
     return "null" if value is None else str(value)
 
 
-def _last_step(job: Job) -> int | None:
-    if job.run_dir is None:
-        return None
-    path = job.run_dir / "metrics.jsonl"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(path) - 4096))
-            lines = fh.read().decode("utf-8", "replace").strip().splitlines()
-        return int(json.loads(lines[-1]).get("step", 0)) if lines else None
-    except (OSError, ValueError, json.JSONDecodeError):
-        return None
+def prepare(cfg: RecipeConfig, settings: RunConfig) -> tuple[RecipeConfig, list[Job]]:
+    """One seed's corpus, its recipes (recipe.yaml, stages.yaml, stages-<variant>.yaml) and its stage graph."""
+    out = Path(cfg.output_dir)
+    manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    kind = corpus_kind(settings.corpus)
+    what = "lasp synthetic corpus" if kind == "synthetic" else "your manifests, read only"
+    base = cfg.model.name if base_is_checkpoint(cfg) else f"pre-trained here from the {cfg.model.name} preset"
+    print(f"corpus: {settings.corpus} ({what}); base model: {base}", flush=True)
+    stage_cfg = stage_config(cfg, settings, manifests)
+    stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
+    save_recipe(cfg, out / "recipe.yaml")
+    write_variant_recipes(stage_cfg, stage_recipe, parse_variants(settings.variants))
+    return stage_cfg, plan_jobs(stage_cfg, settings, stage_recipe)
 
 
-def _progress(job: Job, step: int | None, elapsed: float) -> str:
-    """`` step 170/300 (30s)`` or, for a stage that stops on a time budget, `` step 170 (30s of 120s)``."""
-    if step is None:
-        return f" ({elapsed:.0f}s)"
-    if job.max_minutes:
-        return f" step {step} ({elapsed:.0f}s of {job.max_minutes * 60:.0f}s)"
-    return f" step {step}/{job.max_steps} ({elapsed:.0f}s)" if job.max_steps else f" step {step} ({elapsed:.0f}s)"
+def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, str]) -> RecipeConfig:
+    """The recipe every stage of one seed reads: ``cfg`` on the corpus ``manifests``, without the run section."""
+    stage_cfg = replace(cfg, extra={})
+    stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
+                             valid=manifests.get("dev"), languages=list(settings.languages))
+    return stage_cfg
 
 
-def _status(running: list[Job], done: int, total: int, t0: float) -> str:
-    parts = [f"{job.name}{_progress(job, _last_step(job), time.monotonic() - job.started)}" for job in running]
-    return f"[{_clock(time.monotonic() - t0)}] {done}/{total} done | running: {', '.join(parts) or '-'}"
+def plan_run(cfg: RecipeConfig) -> list[Job]:
+    """Every stage `lasp run` would run for ``cfg``, every seed and variant, without making or reading a corpus
+    (its manifests are assumed at <run.corpus>/<split>.jsonl): for checking a recipe before a long run."""
+    from lasp.run_seeds import seed_configs
+
+    runs = seed_configs(cfg, run_settings(cfg))
+    jobs = []
+    for seed_cfg in runs:
+        settings = seed_cfg.extra["run"]
+        manifests = {split: str(Path(settings.corpus) / f"{split}.jsonl") for split in SPLITS}
+        planned = plan_jobs(stage_config(seed_cfg, settings, manifests), settings,
+                            Path(seed_cfg.output_dir) / "stages.yaml")
+        jobs += _prefixed(planned, f"seed-{seed_cfg.seed}") if len(runs) > 1 else planned
+    return _one_schedule(jobs)
 
 
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+def _one_schedule(jobs: list[Job]) -> list[Job]:
+    """Every seed's stages in one schedule, by kind of stage first (seed order within a kind): no thread slot
+    waits at a seed boundary for a two-thread base pre-training, and all fine-tuning runs end together."""
+    return sorted(jobs, key=lambda job: STAGE_RANK[stage_kind(job.name)])
 
 
-def run_jobs(jobs: list[Job], parallel: int, log_dir: Path, progress: bool = True) -> dict[str, float]:
-    """Run the stage graph with at most ``parallel`` thread-slots busy; returns wall seconds per job."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pending = [j for j in jobs if not j.done_marker.exists()]
-    finished = {j.name for j in jobs if j.done_marker.exists()}
-    for name in sorted(finished):
-        print(f"  {name}: already done, skipped")
-    running: list[Job] = []
-    walls: dict[str, float] = {}
-    t0, last_print = time.monotonic(), 0.0
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
-    try:
-        while pending or running:
-            busy = sum(j.threads for j in running)
-            for job in list(pending):
-                if all(d in finished for d in job.deps) and (busy + job.threads <= parallel or not running):
-                    job.log = log_dir / f"{job.name}.log"
-                    fh = open(job.log, "ab")
-                    job.proc = subprocess.Popen(job.argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
-                    fh.close()
-                    job.started = time.monotonic()
-                    pending.remove(job)
-                    running.append(job)
-                    busy += job.threads
-                    print(f"  [{_clock(job.started - t0)}] start {job.name} (log: {job.log})", flush=True)
-            for job in list(running):
-                code = job.proc.poll()
-                if code is None:
-                    continue
-                running.remove(job)
-                walls[job.name] = time.monotonic() - job.started
-                if code != 0 or not job.done_marker.exists():
-                    tail = job.log.read_text(errors="replace").strip().splitlines()[-15:]
-                    raise LaspError(f"stage {job.name} failed (exit {code}); last lines of {job.log}:\n    "
-                                    + "\n    ".join(tail))
-                finished.add(job.name)
-                print(f"  [{_clock(time.monotonic() - t0)}] done  {job.name} in {walls[job.name]:.0f}s", flush=True)
-            if running and progress and time.monotonic() - last_print > 30:
-                print("  " + _status(running, len(finished), len(jobs), t0), flush=True)
-                last_print = time.monotonic()
-            if running:
-                time.sleep(1.0)
-            elif pending and not any(all(d in finished for d in j.deps) for j in pending):
-                raise LaspError(f"stages {', '.join(j.name for j in pending)} wait for stages that never ran")
-    finally:
-        for job in running:
-            job.proc.terminate()
-    return walls
+def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
+    """The same jobs named ``<prefix>/<name>`` (several seeds share one schedule)."""
+    return [replace(j, name=f"{prefix}/{j.name}", deps=[f"{prefix}/{d}" for d in j.deps]) for j in jobs]
 
 
 def run(cfg: RecipeConfig, progress: bool = True) -> Path:
-    """Run the whole comparison described by ``cfg`` and return the report's path."""
-    from lasp.run_report import write_report
+    """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path."""
+    from lasp.run_seeds import seed_configs
 
     settings = run_settings(cfg)
     if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
         raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
     t0 = time.monotonic()
     out = Path(cfg.output_dir)
-    print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}, "
-          f"output {out}", flush=True)
-    manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
-    kind = corpus_kind(settings.corpus)
-    print(f"corpus: {settings.corpus} ({'lasp synthetic corpus' if kind == 'synthetic' else 'your manifests, read only'})"
-          f"; base model: {cfg.model.name if base_is_checkpoint(cfg) else 'pre-trained here from the ' + cfg.model.name + ' preset'}",
-          flush=True)
-    stage_cfg = replace(cfg, extra={})
-    stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
-                             valid=manifests.get("dev"), languages=list(settings.languages))
-    stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
-    save_recipe(cfg, out / "recipe.yaml")
-    jobs = plan_jobs(stage_cfg, settings, stage_recipe)
-    walls = run_jobs(jobs, settings.parallel, out / "logs", progress=progress)
-    (out / "stage_times.json").write_text(json.dumps(_merge_times(out / "stage_times.json", walls), indent=2))
-    report = write_report(stage_cfg, settings, out, wall_total=time.monotonic() - t0)
+    runs = seed_configs(cfg, settings)
+    multi = len(runs) > 1
+    print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}"
+          + (f", {len(settings.variants)} variants" if settings.variants else "")
+          + (f", seeds {', '.join(str(c.seed) for c in runs)}" if multi else "") + f", output {out}", flush=True)
+    prepared = []
+    for seed_cfg in runs:
+        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.extra["run"])
+        prepared.append((seed_cfg, stage_cfg, _prefixed(jobs, f"seed-{seed_cfg.seed}") if multi else jobs))
+    walls = run_jobs(_one_schedule([j for *_, jobs in prepared for j in jobs]), settings.parallel, out / "logs",
+                     progress=progress)
+    for seed_cfg, stage_cfg, _ in prepared:
+        seed_out, prefix = Path(seed_cfg.output_dir), f"seed-{seed_cfg.seed}/" if multi else ""
+        mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
+        (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
+                                                              indent=2))
+    report = write_reports(cfg, settings, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
+                           wall_total=time.monotonic() - t0)
     print(f"report: {report}", flush=True)
     return report
+
+
+def write_reports(cfg: RecipeConfig, settings: RunConfig, seed_cfgs: list[RecipeConfig],
+                  stage_cfgs: list[RecipeConfig], wall_total: float | None = None) -> Path:
+    """The run's report (and, with several seeds, every seed's report and the seed summary); returns its path."""
+    from lasp.run_report import write_report
+    from lasp.run_seeds import seeds_report, summarize
+
+    multi = len(seed_cfgs) > 1
+    run_dirs = [Path(c.output_dir) for c in seed_cfgs]
+    summary = summarize(run_dirs, settings, Path(cfg.output_dir)) if multi or settings.variants else None
+    if not multi:
+        return write_report(stage_cfgs[0], seed_cfgs[0].extra["run"], run_dirs[0], wall_total=wall_total,
+                            summary=summary)
+    for seed_cfg, stage_cfg in zip(seed_cfgs, stage_cfgs):
+        write_report(stage_cfg, seed_cfg.extra["run"], Path(seed_cfg.output_dir), seeds_of=settings)
+    return seeds_report(cfg, settings, summary, seed_cfgs, stage_cfgs, wall_total=wall_total)
+
+
+def report_from_outputs(cfg: RecipeConfig) -> Path:
+    """`lasp report`: rewrite the reports of a finished (or partly finished) `lasp run` of ``cfg``."""
+    from lasp.config import load_recipe
+    from lasp.run_seeds import seed_configs
+
+    settings = run_settings(cfg)
+    seed_cfgs = seed_configs(cfg, settings)
+    stage_cfgs = []
+    for seed_cfg in seed_cfgs:
+        path = Path(seed_cfg.output_dir) / "stages.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; `lasp run` has not started in output_dir {cfg.output_dir} yet")
+        stage_cfgs.append(load_recipe(path))
+    return write_reports(cfg, settings, seed_cfgs, stage_cfgs)
 
 
 def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:

@@ -112,10 +112,25 @@ def model_sentence(cfg: RecipeConfig, out: Path) -> str:
             "numbers show the method's mechanics, not the paper's results.")
 
 
-def noise_sentence(cfg: RecipeConfig) -> str:
-    # one `lasp run` trains every system from one seed; spread across seeds needs several runs
-    return (f"Seeds: one (seed {cfg.seed}), so no seed-to-seed spread was measured: the differences below are "
-            "not tested against noise.")
+def mask_sentence(cfg: RecipeConfig) -> str:
+    m = cfg.masks
+    how = {"oneshot": f"{m.scorer} scores of the pre-training loss on the base model",
+           "imp": f"iterative magnitude pruning with rewinding ({m.imp_rounds} rounds of {m.imp_steps} steps)",
+           "lass": f"LaSS-style search ({m.lass_steps} adaptation steps per language from the base model, pruned "
+                   f"by {'|W_lang − W_base|' if m.lass_criterion == 'change' else '|W_lang|'})"}[m.method]
+    return (f"Masks: {how}, {m.sparsity:g} sparsity ({m.scope}, {m.pattern}); random masks copy their per-tensor "
+            "density.")
+
+
+def noise_sentence(cfg: RecipeConfig, settings, seeds_of=None) -> str:
+    """One seed's report: where the seed-to-seed spread comes from (this run's other seeds, a benchmark named by
+    run.spread_from, or nowhere: then it says none was measured)."""
+    from lasp.run_seeds import spread_sentence
+
+    if seeds_of is not None:
+        return (f"Seed {cfg.seed} of a run over seeds {', '.join(map(str, seeds_of.seeds))}: the spread across "
+                f"seeds, intervals and verdicts are in `{seeds_of.report}`.")
+    return spread_sentence(cfg, settings)
 
 
 def coverage_section(results: dict[str, dict | None], manifests: dict[str, str], languages: list[str]) -> list[str]:
@@ -176,7 +191,10 @@ def _language_counts(manifest: str | None) -> dict[str, int]:
     return counts
 
 
-def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | None = None) -> Path:
+def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | None = None, *, seeds_of=None,
+                 summary=None) -> Path:
+    """The report of one seed's run. ``seeds_of``: the multi-seed run's settings when this is one of its seeds;
+    ``summary``: a seed summary of this run (with run.variants) whose intervals and ablation table are added."""
     from lasp.analysis import format_markdown, overlap_analysis, parameter_table
     from lasp.masks import LanguageMasks
 
@@ -192,9 +210,8 @@ def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | Non
         "",
         corpus_sentence(settings, manifests),
         model_sentence(cfg, out),
-        f"Masks: {cfg.masks.scorer} scores of the pre-training loss on the base model, {cfg.masks.sparsity:g} "
-        f"sparsity ({cfg.masks.scope}, {cfg.masks.pattern}); random masks copy their per-tensor density.",
-        noise_sentence(cfg),
+        mask_sentence(cfg),
+        noise_sentence(cfg, settings, seeds_of),
         "",
         f"## Character and word error rates (greedy CTC decoding, {cfg.evaluate.split} split)",
         "",
@@ -209,6 +226,12 @@ def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | Non
             lines.append(f"- {s}: macro CER {macro[s]:.3f}, {abs(gap):.3f} {'below' if gap > 0 else 'above'} "
                          f"shared ({macro['shared']:.3f})")
         parts += ["Against the shared model:", "", *lines, ""]
+    if summary is not None:
+        from lasp.run_seeds import specificity_rows, variants_section
+
+        parts += ["## Intervals (one seed: utterances and languages resampled)", "", summary.markdown, ""]
+        parts += variants_section(summary, cfg, settings, report)
+        parts += specificity_rows([out], [cfg], settings)
     parts += coverage_section(results, manifests, languages)
     parts += ["## Training", "", training_table(out, systems, stage_times), ""]
     if wall_total is not None:

@@ -35,6 +35,7 @@ def masks_info(args: argparse.Namespace) -> int:
 PRUNE_KEYS = {"method": "masks.method", "scorer": "masks.scorer", "sparsity": "masks.sparsity",
               "scope": "masks.scope", "pattern": "masks.pattern", "batches": "masks.max_batches",
               "imp_rounds": "masks.imp_rounds", "imp_steps": "masks.imp_steps", "imp_lr": "masks.imp_lr",
+              "lass_steps": "masks.lass_steps", "lass_lr": "masks.lass_lr", "lass_criterion": "masks.lass_criterion",
               "batch_size": "data.batch_size", "on_bad": "data.on_bad", "seed": "seed", "data": "data.train",
               "min_utterances": "masks.min_utterances"}
 
@@ -43,7 +44,7 @@ def prune_command(args: argparse.Namespace) -> int:
     import json
 
     from lasp.config import load_recipe
-    from lasp.mask_search import prune_to_dir
+    from lasp.mask_search import prune_to_dir, specificity_summary
     from lasp.prune_checks import check_prune_request
 
     # values are JSON (a YAML subset): strings stay strings ("2:4" is not read as the base-60 number 124)
@@ -61,6 +62,7 @@ def prune_command(args: argparse.Namespace) -> int:
     masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=languages,
                          head=args.head)
     print(masks.summary())
+    print(specificity_summary(masks))
     skipped = {l: n for l, n in masks.metadata.get("skipped_nonfinite", {}).items() if n}
     if skipped:
         print("batches skipped for a non-finite loss: " + ", ".join(f"{l} {n}" for l, n in skipped.items()))
@@ -84,8 +86,13 @@ def register(sub) -> None:
     q.add_argument("--model", help="preset (tiny, base, xlsr-53) or local checkpoint directory (model.name)")
     q.add_argument("--data", help="training manifest (data.train)")
     q.add_argument("--out", required=True, help="mask-set directory to write")
-    q.add_argument("--method", choices=["oneshot", "imp"],
-                   help="oneshot: score once and prune; imp: iterative magnitude pruning with rewinding")
+    q.add_argument("--method", choices=["oneshot", "imp", "lass"],
+                   help="oneshot: score once and prune; imp: iterative magnitude pruning with rewinding; "
+                        "lass: adapt the shared model to each language, then prune")
+    q.add_argument("--lass-steps", type=int, help="lass: adaptation steps per language")
+    q.add_argument("--lass-lr", type=float, help="lass: Adam learning rate of the adaptation")
+    q.add_argument("--lass-criterion", choices=["magnitude", "change"],
+                   help="lass: prune the smallest adapted weights or the least-changed ones")
     q.add_argument("--imp-rounds", type=int, help="imp: prune/rewind rounds")
     q.add_argument("--imp-steps", type=int, help="imp: training steps per round")
     q.add_argument("--imp-lr", type=float, help="imp: Adam learning rate")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lasp.commands.train import add_explain, print_explain
 
@@ -44,17 +43,9 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.run_report import write_report
-    from lasp.run import run_settings
+    from lasp.run import report_from_outputs
 
-    cfg = _load(args)
-    settings = run_settings(cfg)
-    stage_cfg_path = Path(cfg.output_dir) / "stages.yaml"
-    if stage_cfg_path.is_file():
-        from lasp.config import load_recipe
-
-        cfg = load_recipe(stage_cfg_path)
-    print(write_report(cfg, settings, Path(cfg.output_dir)))
+    print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
     return 0
 
 

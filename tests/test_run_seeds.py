@@ -1,0 +1,146 @@
+"""`lasp run` over several seeds, with low-resource languages and ablation variants; the benchmark recipe's plan."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lasp.config import load_recipe
+from lasp.errors import ConfigError
+from lasp.run import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
+from lasp.run_seeds import spread_sentence
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
+TOY = ["output_dir=out", "masks.dir=null", "masks.max_batches=1", "masks.min_utterances=1", "run.corpus=out/corpus",
+       "run.languages=[es,de]", "run.train_utterances=6", "run.test_utterances=2", "run.dev_utterances=1",
+       "run.base_steps=2", "run.base_threads=1", "run.report=out/report.md", "run.systems=[shared,lasp]", "pretrain.max_steps=2",
+       "finetune.max_steps=2", "finetune.optim.warmup_steps=1", "pretrain.optim.warmup_steps=1",
+       "pretrain.ckpt_every=2", "finetune.ckpt_every=2"]
+
+
+def _langs(manifest: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in manifest.read_text().splitlines():
+        lang = json.loads(line)["lang"]
+        counts[lang] = counts.get(lang, 0) + 1
+    return counts
+
+
+def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_recipe(demo_recipe_path(), TOY + [
+        "run.seeds=[0,1]", "run.low_resource=[de]", "run.low_factor=3",
+        "run.variants=[{name: lass, overrides: {masks.method: lass, masks.lass_steps: 2}, pretrain: false}]"])
+    text = run(cfg, progress=False).read_text()
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        for system in ("shared", "lasp", "lass"):
+            assert (out / f"seed-{seed}/eval-{system}/results.json").is_file(), (seed, system)
+        # low-resource: de gets train_utterances / low_factor of the training utterances, es all of them
+        assert _langs(out / f"corpus/seed-{seed}/train.jsonl") == {"es": 6, "de": 2}
+        assert json.loads((out / f"seed-{seed}/masks-lass/mask_config.json").read_text())["method"] == "lass"
+        assert f"Seed {seed} of a run over seeds 0, 1" in (out / f"seed-{seed}/report.md").read_text()
+    # each seed draws its own corpus
+    assert (out / "corpus/seed-0/train.jsonl").read_text() != (out / "corpus/seed-1/train.jsonl").read_text()
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["groups"] == {"high": ["es"], "low": ["de"]}
+    assert "Seeds: 2 (0, 1)" in text and "Corpus: synthesized by lasp at `out/corpus/seed-0`" in text and "CER over 2 seed(s) (0, 1)" in text
+    for claim in ("| lasp < shared | all |", "| lasp < shared | high: es |", "| lasp < shared | low: de |",
+                  "| lass vs lasp | all |"):
+        assert claim in text, claim
+    assert "## Ablations (run.variants)" in text and "| lass | lass change | 0.5 | no |" in text
+    assert "cer_by_language.png" in text and (out / "cer_vs_sparsity.png").stat().st_size > 0
+    assert "| lass |" in text.split("## How language-specific the masks are")[1]
+    # `lasp report` rewrites the same reports from the outputs alone
+    (out / "report.md").unlink()
+    (out / "seed-1/report.md").unlink()
+    rewritten = report_from_outputs(cfg).read_text()
+    assert rewritten.split("Total wall time")[0].rstrip() == text.split("Total wall time")[0].rstrip()
+    assert "Seed 1 of a run over seeds 0, 1" in (out / "seed-1/report.md").read_text()
+
+
+def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
+    from lasp.run import make_corpus
+    from lasp.run_report import corpus_sentence
+
+    cfg = load_recipe(demo_recipe_path(), [f"run.corpus={tmp_path}/c", "run.languages=[es,de,ru]",
+                                           "run.low_resource=[de]", "run.train_utterances=10",
+                                           "run.test_utterances=1", "run.dev_utterances=1"])
+    settings = run_settings(cfg)
+    manifests = make_corpus(cfg, settings)
+    assert _langs(Path(manifests["train"])) == {"es": 10, "de": 2, "ru": 10}   # low_factor 5: 1/5 of the data
+    assert _langs(Path(manifests["test"])) == {"es": 1, "de": 1, "ru": 1}      # every language tested alike
+    assert "low-resource: de at 1/5" in corpus_sentence(settings, manifests)
+
+
+def test_low_resource_language_must_be_a_run_language():
+    cfg = load_recipe(demo_recipe_path(), ["run.low_resource=[fi]"])
+    with pytest.raises(ConfigError, match="run.low_resource: 'fi' is not one of run.languages"):
+        run_settings(cfg)
+
+
+def test_bad_seeds_and_variants_are_named():
+    with pytest.raises(ConfigError, match="run.seeds must be distinct"):
+        run_settings(load_recipe(demo_recipe_path(), ["run.seeds=[0,0]"]))
+    for variants, message in (
+            ("[{name: shared}]", "name 'shared' is taken"),
+            ("[{name: x, overrides: {data.alpha: 1.0}}]", "key 'data.alpha' is not a masks"),
+            ("[{name: x, overrides: {masks.dir: m}}]", "key 'masks.dir' is set by lasp run"),
+            ("[{name: x, pretrain: maybe}]", r"run.variants\[0\].pretrain: must be true or false"),
+            ("[{name: x, overrides: {masks.scorer: fancy}}]", "masks.scorer")):
+        cfg = load_recipe(demo_recipe_path(), [f"run.variants={variants}"])
+        with pytest.raises(ConfigError, match=message):
+            plan_run(cfg)
+
+
+def test_benchmark_recipe_plans_the_whole_study_without_running_it(tmp_path):
+    cfg = load_recipe(BENCHMARK)
+    settings = run_settings(cfg)
+    assert BENCHMARK.read_text().startswith("# lasp run recipes/benchmark.yaml")
+    assert settings.seeds == [0, 1, 2] and len(settings.languages) == 6 and len(settings.low_resource) == 2
+    assert settings.systems == ["shared", "lasp", "random", "adapters"]
+    jobs = {j.name: j for j in plan_run(cfg)}
+    variants = ["magnitude", "fisher", "lass", "sparsity-0.3", "sparsity-0.7", "no-pretraining"]
+    for seed in (0, 1, 2):
+        for name in settings.systems + variants:
+            assert f"seed-{seed}/evaluate-{name}" in jobs and f"seed-{seed}/finetune-{name}" in jobs
+        masks = jobs[f"seed-{seed}/masks-lass"].argv
+        assert masks[masks.index("--method") + 1] == "lass"
+        assert masks[masks.index("--out") + 1] == f"runs/benchmark/seed-{seed}/masks-lass"
+        sparse = jobs[f"seed-{seed}/masks-sparsity-0.7"].argv
+        assert sparse[sparse.index("--sparsity") + 1] == "0.7"
+        scorer = jobs[f"seed-{seed}/masks-fisher"].argv
+        assert scorer[scorer.index("--scorer") + 1] == "fisher"
+        # pre-training off: fine-tuned from the base model through the lasp masks, no pre-training stage
+        ft = jobs[f"seed-{seed}/finetune-no-pretraining"]
+        assert f"finetune.init=runs/benchmark/seed-{seed}/base/final" in ft.argv
+        assert f"masks.dir=runs/benchmark/seed-{seed}/masks-lasp" in ft.argv
+        assert f"seed-{seed}/pretrain-no-pretraining" not in jobs and f"seed-{seed}/masks-no-pretraining" not in jobs
+        assert f"--seed" in jobs[f"seed-{seed}/masks"].argv
+        assert jobs[f"seed-{seed}/masks"].argv[jobs[f"seed-{seed}/masks"].argv.index("--seed") + 1] == str(seed)
+    # each seed synthesizes its own corpus
+    assert "runs/benchmark/corpus/seed-1/train.jsonl" in jobs["seed-1/masks"].argv
+    kinds = [n.split("/")[-1].split("-")[0] for n in jobs]
+    assert kinds == sorted(kinds, key=["base", "masks", "pretrain", "finetune", "evaluate"].index)
+
+
+def test_demo_report_quotes_a_benchmark_spread_or_says_none_was_measured(tmp_path):
+    cfg = load_recipe(demo_recipe_path(), [f"run.spread_from={tmp_path}/seeds_summary.json"])
+    settings = run_settings(cfg)
+    assert "no seed-to-seed spread was measured (there is no benchmark result" in spread_sentence(cfg, settings)
+    summary = {"seeds": [0, 1, 2],
+               "aggregates": {"shared": {"macro": {"mean": 0.3, "std": 0.0213}},
+                              "lasp": {"macro": {"mean": 0.26, "std": 0.0117}}},
+               "comparisons": [{"system": "lasp", "baseline": "shared", "scope": "all", "claim": "lasp < shared",
+                                "difference": -0.04, "low": -0.07, "high": -0.01,
+                                "verdict": "lower, interval excludes 0"}]}
+    (tmp_path / "seeds_summary.json").write_text(json.dumps(summary))
+    text = spread_sentence(cfg, settings)
+    assert "3 seeds" in text and "shared 0.021, lasp 0.012" in text
+    assert "lasp < shared -0.040 [-0.070, -0.010] (lower, interval excludes 0)" in text
+    cfg = load_recipe(demo_recipe_path(), ["run.spread_from=null"])
+    assert "no seed-to-seed spread was measured" in spread_sentence(cfg, run_settings(cfg))
+    (tmp_path / "seeds_summary.json").write_text("[]")
+    with pytest.raises(ConfigError, match="run.spread_from"):
+        spread_sentence(load_recipe(demo_recipe_path(), [f"run.spread_from={tmp_path}/seeds_summary.json"]), settings)
