@@ -36,13 +36,13 @@ class TrainedSystem:
             self.wrapper.train(mode)
 
 
-def pick_device(pref: str) -> torch.device:
-    """``auto`` is the first GPU when there is one; ``cuda`` without a GPU is an error."""
+def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is this rank's GPU when there is one; ``cuda`` without a GPU is an error."""
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("key 'device' is 'cuda' but no CUDA device is available")
-    return torch.device("cuda", 0)
+    return torch.device("cuda", local_rank)
 
 
 def load_trained(directory: str | os.PathLike, head: str = "ctc", device: torch.device | str = "cpu") -> TrainedSystem:

@@ -45,21 +45,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from lasp.errors import ConfigError
-
-        raise ConfigError("key 'device' is 'cuda' but no CUDA device is available")
-    return torch.device("cuda", local_rank)
-
-
 def init_distributed(device_pref: str = "auto") -> DistInfo:
     """Join the process group torchrun describes in the environment (a no-op without torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    from lasp.trained import pick_device
+
     device = pick_device(device_pref, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
