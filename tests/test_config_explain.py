@@ -10,7 +10,7 @@ from lasp.cli import main
 from lasp.config import RecipeConfig, _EXTRA_SECTIONS
 from lasp.config_help import SECTIONS, help_for
 
-RECIPE_COMMANDS = ["pretrain", "finetune", "evaluate", "validate", "run", "report"]
+RECIPE_COMMANDS = ["pretrain", "finetune", "evaluate", "validate", "run", "report", "prune"]
 
 
 def schema_keys() -> dict[str, tuple[type, str]]:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from lasp.commands.train import add_explain, print_explain
+from lasp.errors import ConfigError
+
 
 def iou_table(masks) -> str:
     langs = masks.languages
@@ -42,6 +45,11 @@ PRUNE_KEYS = {"method": "masks.method", "scorer": "masks.scorer", "sparsity": "m
 
 def prune_command(args: argparse.Namespace) -> int:
     import json
+
+    if args.explain:
+        return print_explain()
+    if not args.out:
+        raise ConfigError("lasp prune needs --out DIR (the mask-set directory to write)")
 
     from lasp.config import load_recipe
     from lasp.mask_search import prune_to_dir, specificity_summary
@@ -85,7 +93,7 @@ def register(sub) -> None:
     q.add_argument("--recipe", help="YAML recipe whose masks/data/pretrain masking settings apply (default: none)")
     q.add_argument("--model", help="preset (tiny, base, xlsr-53) or local checkpoint directory (model.name)")
     q.add_argument("--data", help="training manifest (data.train)")
-    q.add_argument("--out", required=True, help="mask-set directory to write")
+    q.add_argument("--out", help="mask-set directory to write (required)")
     q.add_argument("--method", choices=["oneshot", "imp", "lass"],
                    help="oneshot: score once and prune; imp: iterative magnitude pruning with rewinding; "
                         "lass: adapt the shared model to each language, then prune")
@@ -115,4 +123,5 @@ def register(sub) -> None:
                      help="--out holds a mask set: add (or replace) these languages, keep the others")
     how.add_argument("--force", dest="existing", action="store_const", const="replace",
                      help="--out holds a mask set: replace it")
+    add_explain(q)
     q.set_defaults(handler=prune_command)
