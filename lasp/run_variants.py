@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasp.config import RecipeConfig, _merge, config_from_dict, config_to_dict, parse_overrides, save_recipe
-from lasp.config_schema import SYSTEMS
+from lasp.config_schema import SYSTEMS, MaskConfig
 from lasp.errors import ConfigError
 
 OVERRIDABLE = ("masks.", "pretrain.", "finetune.")
@@ -88,4 +88,6 @@ def label(cfg: RecipeConfig, pretrain: bool = True) -> str:
     """How a mask search setting is named in tables and the CER-vs-sparsity plot (one line per label)."""
     m = cfg.masks
     name = {"oneshot": f"oneshot {m.scorer}", "imp": "imp", "lass": f"lass {m.lass_criterion}"}[m.method]
+    if m.method == "oneshot" and m.scorer in ("taylor", "fisher") and m.max_batches != MaskConfig.max_batches:
+        name += f" ({m.max_batches} batches)"  # a line of its own in the plot: more scoring data, same criterion
     return name + ("" if pretrain else ", no pre-training")
