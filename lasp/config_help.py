@@ -137,7 +137,9 @@ HELP: dict[str, dict[str, str]] = {
         "seeds": "run the whole comparison once per seed (in <output_dir>/seed-<s>) and report intervals across "
                  "seeds; empty = the recipe's seed only",
         "variants": "ablations: list of {name, overrides: {masks.*|pretrain.*|finetune.*: value}, pretrain: "
-                    "true|false}, each an extra lasp system on the same base model",
+                    "true|false, score_on: base|shared (shared: masks scored with the CTC loss on the fine-tuned "
+                    "shared system)}, each an extra lasp system on the same base model; with system: adapters, "
+                    "an extra adapter baseline ({name, system: adapters, overrides: {adapters.*|finetune.*}})",
         "spread_from": "a benchmark's seeds_summary.json; the report quotes its seed-to-seed spread (null: none)",
     },
 }

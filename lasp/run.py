@@ -58,7 +58,10 @@ def run_settings(cfg: RecipeConfig) -> RunConfig:
     unknown_low = [lang for lang in settings.low_resource if lang not in settings.languages]
     if unknown_low:
         raise ConfigError(f"run.low_resource: {unknown_low[0]!r} is not one of run.languages")
-    parse_variants(settings.variants)  # names and keys; values are checked when the variant recipes are built
+    for i, variant in enumerate(parse_variants(settings.variants)):  # values are checked in the variant recipes
+        if variant.score_on == "shared" and "shared" not in settings.systems:
+            raise ConfigError(f"run.variants[{i}].score_on: shared needs the shared system in run.systems "
+                              f"(its fine-tuned CTC model scores the masks), got {settings.systems}")
     return settings
 
 
@@ -130,7 +133,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                     max_minutes=settings.base_minutes)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
     variants = [(v, variant_config(cfg, v)) for v in parse_variants(settings.variants)]
-    if masked or any(vcfg.masks == cfg.masks for _, vcfg in variants):
+    if masked or any(v.reuses_lasp_masks(cfg, vcfg) for v, vcfg in variants):
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
         jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
     for system in settings.systems:
@@ -149,13 +152,24 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
             init, init_job = base, (base_job[0] if base_job else None)
         jobs += _finetune_jobs(system, system, cfg, stage_recipe, masks, init, [init_job] if init_job else [])
     for variant, vcfg in variants:
-        # a variant is a lasp system with its own recipe: its own masks unless they are the lasp system's
         recipe = variant_recipe(stage_recipe, variant)
-        if vcfg.masks == cfg.masks:
+        if variant.system == "adapters":
+            # the adapter baseline with other settings, from the model the adapters system starts from
+            init = out / "pretrain-shared" / "final" if "shared" in settings.systems else base
+            deps = ["pretrain-shared"] if "shared" in settings.systems else base_job
+            jobs += _finetune_jobs(variant.name, "adapters", vcfg, recipe, masks, init, deps)
+            continue
+        # a lasp variant has its own masks unless they are searched exactly as the lasp system's
+        if variant.reuses_lasp_masks(cfg, vcfg):
             vmasks, masks_job = masks, "masks"
         else:
             vmasks, masks_job = out / f"masks-{variant.name}", f"masks-{variant.name}"
-            jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
+            if variant.score_on == "shared":
+                # scored through the fine-tuned shared system's CTC head, on the transcripts
+                jobs.append(_masks_job(masks_job, vcfg, recipe, out / "finetune-shared" / "final",
+                                       ["finetune-shared"], vmasks, settings, head="ctc"))
+            else:
+                jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
         init, init_deps = base, [masks_job]
         if variant.pretrain:
             pretrain_dir = out / f"pretrain-{variant.name}"
@@ -180,8 +194,9 @@ def stage_kind(name: str) -> str:
 
 
 def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job: list[str], masks: Path,
-               settings: RunConfig) -> Job:
-    """``lasp prune`` of ``base`` by ``cfg``'s masks section (any method) into ``masks``."""
+               settings: RunConfig, head: str = "auto") -> Job:
+    """``lasp prune`` of ``base`` by ``cfg``'s masks section (any method) into ``masks``; ``head``: the loss the
+    gradient scorers use (auto: the pre-training loss on a base model)."""
     m = cfg.masks
     return Job(name, [sys.executable, "-m", "lasp", "prune", "--recipe", str(recipe), "--model", str(base),
                       "--data", cfg.data.train, "--method", m.method,
@@ -189,7 +204,7 @@ def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job:
                       "--pattern", m.pattern, "--batches", str(m.max_batches),
                       "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
                       "--langs", ",".join(settings.languages), "--out", str(masks),
-                      "--min-utterances", str(m.min_utterances),
+                      "--min-utterances", str(m.min_utterances), "--head", head,
                       *(["--targets", *m.targets] if m.targets else [])],
                base_job, masks / "mask_config.json")
 

@@ -71,20 +71,25 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
         return []
     rows, points = [], []
     vs = {c.system: c for c in summary.comparisons if c.baseline == "lasp" and c.scope == "all"}
-    entries = [("lasp", stage_cfg, True)] if "lasp" in summary.systems else []
-    entries += [(v.name, variant_config(stage_cfg, v), v.pretrain) for v in variants]
-    for name, vcfg, pretrain in entries:
+    entries = [("lasp", stage_cfg, None)] if "lasp" in summary.systems else []
+    entries += [(v.name, variant_config(stage_cfg, v), v) for v in variants]
+    for name, vcfg, variant in entries:
         mean, low, high = summary.macro_intervals[name]
         agg = summary.aggregates[name]["macro"]
         c = vs.get(name)
         diff = f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}] {c.verdict}" if c else "–"
-        rows.append(f"| {name} | {label(vcfg)} | {vcfg.masks.sparsity:g} | {'yes' if pretrain else 'no'} "
+        masked = variant is None or variant.system == "lasp"
+        pretrain = "yes" if variant is None or (masked and variant.pretrain) else "no"
+        sparsity = f"{vcfg.masks.sparsity:g}" if masked else "–"
+        rows.append(f"| {name} | {label(vcfg, variant)} | {sparsity} | {pretrain} "
                     f"| {agg['mean']:.3f} ± {_std(agg['std'])} | [{low:.3f}, {high:.3f}] | {diff} |")
-        points.append({"method": label(vcfg, pretrain), "sparsity": vcfg.masks.sparsity, "cer": mean, "low": low,
-                       "high": high})
+        if masked:  # adapters have no sparsity: the table has them, the plot does not
+            points.append({"method": label(vcfg, variant, say_pretraining=True), "sparsity": vcfg.masks.sparsity, "cer": mean,
+                           "low": low, "high": high})
     plot = plot_cer_vs_sparsity(points, Path(summary.files.get("json", report)).parent / "cer_vs_sparsity.png")
     return ["## Ablations (run.variants)", "",
-            "Each variant is a lasp system on the same base model with the recipe overrides it names; "
+            "Each variant is a lasp system (or, where the mask search says adapters, the adapter baseline) on the "
+            "same base model with the recipe overrides it names; "
             "'vs lasp' is the paired difference of macro CER (variant − lasp) with its 95 % bootstrap interval.", "",
             "| variant | mask search | sparsity | pre-training | macro CER | 95 % interval | vs lasp |",
             "|---|---|---|---|---|---|---|", *rows, "",

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lasp.config import load_recipe
 from lasp.errors import ConfigError
@@ -60,6 +61,41 @@ def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypa
     assert "Seed 1 of a run over seeds 0, 1" in (out / "seed-1/report.md").read_text()
 
 
+def _encoder_weight(system: Path):
+    from safetensors.torch import load_file
+
+    from lasp.system_layout import model_dir
+
+    return load_file(str(model_dir(system) / "model.safetensors"))["wav2vec2.encoder.layers.0.attention.k_proj.weight"]
+
+
+def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_recipe(demo_recipe_path(), TOY + [
+        "run.systems=[shared,lasp,adapters]",
+        "run.variants=[{name: adapters-frozen, system: adapters, overrides: {adapters.freeze_base: true}},"
+        " {name: ctc, score_on: shared, pretrain: false}]"])
+    jobs = {j.name: j for j in plan_run(cfg)}
+    # CTC scoring waits for the shared system and reads it; the adapters variant starts where adapters start
+    assert jobs["masks-ctc"].deps == ["finetune-shared"]
+    argv = jobs["masks-ctc"].argv
+    assert argv[argv.index("--model") + 1] == "out/finetune-shared/final" and argv[argv.index("--head") + 1] == "ctc"
+    assert "finetune.init=out/pretrain-shared/final" in jobs["finetune-adapters-frozen"].argv
+    assert "finetune.system=adapters" in jobs["finetune-adapters-frozen"].argv
+    assert "pretrain-adapters-frozen" not in jobs and "masks-adapters-frozen" not in jobs
+    text = run(cfg, progress=False).read_text()
+    out = tmp_path / "out"
+    meta = json.loads((out / "masks-ctc/mask_config.json").read_text())
+    assert meta["head"] == "ctc" and meta["base_model"] == "out/finetune-shared/final"
+    # the frozen variant leaves the encoder where it started; the adapters system trains it
+    start = _encoder_weight(out / "pretrain-shared/final")
+    assert torch.equal(_encoder_weight(out / "finetune-adapters-frozen/final"), start)
+    assert not torch.equal(_encoder_weight(out / "finetune-adapters/final"), start)
+    assert "| adapters-frozen | adapters, dim 16, base frozen | – | no |" in text
+    assert "| ctc | oneshot taylor (1 batch), CTC on shared | 0.5 | no |" in text
+    assert "| adapters-frozen vs lasp | all |" in text
+
+
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
     from lasp.run import make_corpus
     from lasp.run_report import corpus_sentence
@@ -88,8 +124,17 @@ def test_bad_seeds_and_variants_are_named():
             ("[{name: x, overrides: {data.alpha: 1.0}}]", "key 'data.alpha' is not a masks"),
             ("[{name: x, overrides: {masks.dir: m}}]", "key 'masks.dir' is set by lasp run"),
             ("[{name: x, pretrain: maybe}]", r"run.variants\[0\].pretrain: must be true or false"),
-            ("[{name: x, overrides: {masks.scorer: fancy}}]", "masks.scorer")):
-        cfg = load_recipe(demo_recipe_path(), [f"run.variants={variants}"])
+            ("[{name: x, overrides: {masks.scorer: fancy}}]", "masks.scorer"),
+            ("[{name: x, system: prompt}]", r"run.variants\[0\].system: must be one of lasp, adapters"),
+            ("[{name: x, overrides: {adapters.dim: 8}}]", "key 'adapters.dim' is not a masks.*, pretrain.*, finetune"),
+            ("[{name: x, system: adapters, overrides: {masks.sparsity: 0.3}}]",
+             "key 'masks.sparsity' is not a adapters.*, finetune.* key for a adapters variant"),
+            ("[{name: x, system: adapters, pretrain: false}]", "an adapters variant has no masks"),
+            ("[{name: x, score_on: dev}]", r"run.variants\[0\].score_on: must be base or shared"),
+            ("[{name: x, overrides: {masks.max_batches: 2}, score_on: shared}]", "score_on: shared needs the shared system"),
+            ("[{name: x, system: adapters, overrides: {adapters.freeze_base: sometimes}}]", "adapters.freeze_base")):
+        cfg = load_recipe(demo_recipe_path(), [f"run.variants={variants}"]
+                          + (["run.systems=[lasp]"] if "needs the shared" in message else []))
         with pytest.raises(ConfigError, match=message):
             plan_run(cfg)
 
@@ -101,7 +146,8 @@ def test_benchmark_recipe_plans_the_whole_study_without_running_it(tmp_path):
     assert settings.seeds == [0, 1, 2] and len(settings.languages) == 6 and len(settings.low_resource) == 2
     assert settings.systems == ["shared", "lasp", "random", "adapters"]
     jobs = {j.name: j for j in plan_run(cfg)}
-    variants = ["magnitude", "fisher", "lass", "sparsity-0.3", "sparsity-0.7", "no-pretraining"]
+    variants = ["magnitude", "fisher", "lass", "imp", "ctc-scored", "sparsity-0.3", "sparsity-0.7", "no-pretraining",
+                "adapters-frozen"]
     for seed in (0, 1, 2):
         for name in settings.systems + variants:
             assert f"seed-{seed}/evaluate-{name}" in jobs and f"seed-{seed}/finetune-{name}" in jobs
