@@ -140,7 +140,8 @@ HELP: dict[str, dict[str, str]] = {
                     "true|false, score_on: base|shared (shared: masks scored with the CTC loss on the fine-tuned "
                     "shared system)}, each an extra lasp system on the same base model; with system: adapters, "
                     "an extra adapter baseline ({name, system: adapters, overrides: {adapters.*|finetune.*}})",
-        "spread_from": "a benchmark's seeds_summary.json; the report quotes its seed-to-seed spread (null: none)",
+        "spread_from": "a benchmark's seeds_summary.json, or lasp:benchmark for the one shipped with lasp; the "
+                       "report quotes its seed-to-seed spread (null: none)",
     },
 }
 

@@ -163,15 +163,31 @@ def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: lis
     return report
 
 
+SHIPPED_BENCHMARK = "lasp:benchmark"
+SHIPPED_SUMMARY = Path(__file__).resolve().parent / "recipes" / "benchmark_summary.json"
+
+
+def spread_source(value: str) -> tuple[Path, str]:
+    """The seeds_summary.json that ``run.spread_from`` names, and how a report cites it. ``lasp:benchmark`` is
+    the summary of `lasp run recipes/benchmark.yaml` that ships with lasp (its numbers are in the README)."""
+    if value == SHIPPED_BENCHMARK:
+        return SHIPPED_SUMMARY, ("the benchmark shipped with lasp (`lasp run recipes/benchmark.yaml` on a 2-core "
+                                 "CPU machine; run.spread_from: lasp:benchmark)")
+    if value.startswith("lasp:"):
+        raise ConfigError(f"run.spread_from: {value!r} is not a file; the only built-in summary is "
+                          f"{SHIPPED_BENCHMARK!r}")
+    return Path(value), f"the benchmark at `{value}`"
+
+
 def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
     """What a single-seed report says about noise: a benchmark's measured seed-to-seed spread, or that none was
     measured. Never a fixed number."""
-    path = settings.spread_from
     none = f"Seeds: one (seed {cfg.seed}), so no seed-to-seed spread was measured"
-    if not path:
+    if not settings.spread_from:
         return none + ": the differences below are not tested against noise."
+    path, source = spread_source(settings.spread_from)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
         macro = {s: a["macro"] for s, a in data["aggregates"].items()}
         seeds = data["seeds"]
     except FileNotFoundError:
@@ -185,7 +201,7 @@ def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
               and c.get("baseline") in settings.systems]
     tested = "; ".join(f"{c['claim']} {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] ({c['verdict']})"
                        for c in claims)
-    return (f"Seeds: one (seed {cfg.seed}); this run measures no spread itself, but the benchmark at `{path}` "
+    return (f"Seeds: one (seed {cfg.seed}); this run measures no spread itself, but {source} "
             f"({len(seeds)} seeds, its own recipe and corpus) measured a standard deviation of macro CER across "
             f"seeds of {stds or 'nothing for these systems'}"
             + (f", with paired 95 % intervals {tested}" if tested else "")

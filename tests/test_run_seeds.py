@@ -187,6 +187,8 @@ def test_demo_report_quotes_a_benchmark_spread_or_says_none_was_measured(tmp_pat
     assert "lasp < shared -0.040 [-0.070, -0.010] (lower, interval excludes 0)" in text
     cfg = load_recipe(demo_recipe_path(), ["run.spread_from=null"])
     assert "no seed-to-seed spread was measured" in spread_sentence(cfg, run_settings(cfg))
+    with pytest.raises(ConfigError, match="only built-in summary is 'lasp:benchmark'"):
+        spread_sentence(cfg, run_settings(load_recipe(demo_recipe_path(), ["run.spread_from=lasp:bench"])))
     (tmp_path / "seeds_summary.json").write_text("[]")
     with pytest.raises(ConfigError, match="run.spread_from"):
         spread_sentence(load_recipe(demo_recipe_path(), [f"run.spread_from={tmp_path}/seeds_summary.json"]), settings)
