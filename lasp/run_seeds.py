@@ -41,11 +41,18 @@ def seed_configs(cfg: RecipeConfig, settings: RunConfig) -> list[RecipeConfig]:
     return configs
 
 
+def reference(variant: Variant, systems: list[str]) -> str | None:
+    """What a variant is compared with: the lasp system, or for an adapter variant the adapters system."""
+    wanted = "adapters" if variant.system == "adapters" else "lasp"
+    return wanted if wanted in systems else None
+
+
 def summary_claims(systems: list[str], variants: list[Variant]) -> tuple:
-    """The standard claims, and each variant against the lasp system (what the ablation changes)."""
+    """The standard claims, and each variant against its reference (what the ablation changes)."""
     from lasp.analysis.seeds import CLAIMS
 
-    return CLAIMS + tuple((v.name, "lasp", f"{v.name} vs lasp") for v in variants if "lasp" in systems)
+    return CLAIMS + tuple((v.name, ref, f"{v.name} vs {ref}") for v in variants
+                          if (ref := reference(v, systems)) is not None)
 
 
 def summarize(run_dirs: list[Path], settings: RunConfig, out_dir: Path):
@@ -70,14 +77,16 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
     if not variants:
         return []
     rows, points = [], []
-    vs = {c.system: c for c in summary.comparisons if c.baseline == "lasp" and c.scope == "all"}
+    refs = {v.name: reference(v, list(settings.systems)) for v in variants}
+    vs = {c.system: c for c in summary.comparisons
+          if c.scope == "all" and c.baseline == refs.get(c.system, "lasp")}
     entries = [("lasp", stage_cfg, None)] if "lasp" in summary.systems else []
     entries += [(v.name, variant_config(stage_cfg, v), v) for v in variants]
     for name, vcfg, variant in entries:
         mean, low, high = summary.macro_intervals[name]
         agg = summary.aggregates[name]["macro"]
         c = vs.get(name)
-        diff = f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}] {c.verdict}" if c else "–"
+        diff = f"{c.baseline}: {c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}] {c.verdict}" if c else "–"
         masked = variant is None or variant.system == "lasp"
         pretrain = "yes" if variant is None or (masked and variant.pretrain) else "no"
         sparsity = f"{vcfg.masks.sparsity:g}" if masked else "–"
@@ -88,10 +97,11 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
                            "low": low, "high": high})
     plot = plot_cer_vs_sparsity(points, Path(summary.files.get("json", report)).parent / "cer_vs_sparsity.png")
     return ["## Ablations (run.variants)", "",
-            "Each variant is a lasp system (or, where the mask search says adapters, the adapter baseline) on the "
-            "same base model with the recipe overrides it names; "
-            "'vs lasp' is the paired difference of macro CER (variant − lasp) with its 95 % bootstrap interval.", "",
-            "| variant | mask search | sparsity | pre-training | macro CER | 95 % interval | vs lasp |",
+            "Each variant is a lasp system (or, where the setting says adapters, the adapter baseline) on the "
+            "same base model with the recipe overrides it names; 'vs reference' is the paired difference of macro "
+            "CER (variant − reference: the lasp system, or the adapters system for an adapter variant) with its "
+            "95 % bootstrap interval.", "",
+            "| variant | setting | sparsity | pre-training | macro CER | 95 % interval | vs reference |",
             "|---|---|---|---|---|---|---|", *rows, "",
             f"![macro CER vs sparsity per mask search]({_rel(plot, report)})", ""]
 

@@ -93,7 +93,11 @@ def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_
     assert not torch.equal(_encoder_weight(out / "finetune-adapters/final"), start)
     assert "| adapters-frozen | adapters, dim 16, base frozen | – | no |" in text
     assert "| ctc | oneshot taylor (1 batch), CTC on shared | 0.5 | no |" in text
-    assert "| adapters-frozen vs lasp | all |" in text
+    assert "| adapters-frozen vs adapters | all |" in text and "| ctc vs lasp | all |" in text
+    ablation = text.split("## Ablations (run.variants)")[1].split("\n## ")[0]
+    assert "| ctc | oneshot taylor (1 batch), CTC on shared | 0.5 | no |" in ablation
+    assert [line.split("|")[7].split(":")[0].strip() for line in ablation.splitlines()
+            if line.startswith(("| ctc |", "| adapters-frozen |"))] == ["adapters", "lasp"]
 
 
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
