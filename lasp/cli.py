@@ -17,6 +17,7 @@ import sys
 from lasp import __version__
 from lasp.errors import LaspError
 from lasp.failures import describe_io_text, describe_os_error, describe_unicode
+from lasp.locks import released_after
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("LASP_DEBUG"))
     try:
         _quiet_bars_when_logged()
-        result = args.handler(args)
+        with released_after():
+            result = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except LaspError as err:
         print(f"lasp {name}: error: {err}", file=sys.stderr)

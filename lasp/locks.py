@@ -29,6 +29,7 @@ from lasp.errors import LaspError
 
 LOCK_NAME = ".lasp.lock"
 _held: dict[str, int] = {}  # lock path -> re-entry count (this process)
+_made: set[str] = set()  # lock paths whose directory this process created only to hold the lock
 _guard = threading.Lock()
 
 
@@ -82,6 +83,7 @@ def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
     Raises :class:`LockError` when a live process holds it.
     """
     directory = Path(directory)
+    existed = directory.is_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     key = str(path.resolve())
@@ -94,6 +96,8 @@ def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
         for _ in range(20):
             if _try_create(path, record):
                 _held[key] = 1
+                if not existed:
+                    _made.add(key)
                 return path
             holder = read_lock(directory)
             if holder is None:  # released between our attempt and the read
@@ -141,6 +145,13 @@ def release(directory: str | os.PathLike) -> None:
             return
         del _held[key]
         _remove_if_ours(path)
+        if key in _made:
+            # a command that failed before writing anything leaves no empty folder behind it
+            _made.discard(key)
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass  # it holds what the command wrote (or someone else's files): kept
 
 
 def _remove_if_ours(path: Path) -> None:
@@ -166,8 +177,22 @@ class locked:
         release(self.directory)
 
 
+class released_after:
+    """``with released_after():`` — locks the block took and still holds are released when it ends, so a command
+    run in-process (``lasp.cli.main`` from a notebook or a test) holds nothing once it returns."""
+
+    def __enter__(self):
+        self._before = set(_held)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for key in [k for k in _held if k not in self._before]:
+            _held[key] = 1
+            release(Path(key).parent)
+
+
 @atexit.register
 def _release_all() -> None:
     for key in list(_held):
-        _remove_if_ours(Path(key))
-    _held.clear()
+        _held[key] = 1
+        release(Path(key).parent)

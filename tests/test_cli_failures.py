@@ -101,6 +101,7 @@ def test_config_folder_without_weights_outside_a_recipe(tmp_path, capsys):
     rc = main(["prune", "--model", str(folder), "--data", str(manifest), "--out", str(tmp_path / "m"),
                "--scorer", "magnitude", "--min-utterances", "1"])
     one_line_error(capsys, rc, str(folder), "no weights", "model.safetensors", "copy the whole Hugging Face")
+    assert not (tmp_path / "m").exists()  # the --out folder made for the lock goes with the failed command
 
 
 def test_non_utf8_manifest(tmp_path, recipe, capsys, no_model_load):

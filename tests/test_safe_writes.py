@@ -105,6 +105,7 @@ def test_resynthesis_touches_only_files_it_made(tmp_path):
 
 def test_lock_holder_is_named_and_released(tmp_path):
     d = tmp_path / "run"
+    d.mkdir()
     acquire(d, "run directory")
     acquire(d, "run directory")  # re-entrant within a process
     holder = read_lock(d)
@@ -131,6 +132,23 @@ def read_host() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_a_folder_made_only_for_a_lock_goes_with_it_and_nothing_else_does(tmp_path):
+    made = tmp_path / "new" / "masks"
+    acquire(made, "mask set")
+    release(made)
+    assert not made.exists() and (tmp_path / "new").is_dir()  # only the folder the lock needed
+    written = tmp_path / "written"
+    acquire(written)
+    (written / "mask_config.json").write_text("{}")
+    release(written)
+    assert (written / "mask_config.json").is_file() and not (written / LOCK_NAME).exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    acquire(existing)
+    release(existing)
+    assert existing.is_dir()  # the user's empty folder stays
 
 
 def test_importers_refuse_language_codes_that_could_name_a_path(tmp_path):
