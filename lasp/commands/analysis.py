@@ -29,6 +29,18 @@ def overlap_command(args: argparse.Namespace) -> int:
                               seed=args.seed, plots=not args.no_plots, progress=True)
     print(f"mask set {args.mask_dir}")
     print(result.summary)
+    if args.against:
+        import json
+        import os
+
+        from lasp.analysis.stability import format_stability, search_stability
+
+        stability = search_stability(masks, LanguageMasks.load(args.against, languages=languages))
+        path = os.path.join(args.out, "stability.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"against": args.against, **stability}, handle, indent=2)
+        print(f"against {args.against} ({path}):")
+        print(format_stability(stability))
     return 0
 
 
@@ -75,6 +87,9 @@ def register(sub) -> None:
     o.add_argument("--permutations", type=int, default=2000, help="permutations for the family test")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--no-plots", action="store_true", help="tables only")
+    o.add_argument("--against", metavar="MASK_DIR",
+                   help="a second search of the same languages (e.g. another --seed): is each language's mask "
+                        "closer to its own repeat than to the other languages' masks? (stability.json)")
     o.set_defaults(handler=overlap_command)
 
     p = sub.add_parser("params", help="parameter and storage cost of N languages: lasp masks vs adapters, "
