@@ -177,16 +177,17 @@ SHIPPED_BENCHMARK = "lasp:benchmark"
 SHIPPED_SUMMARY = Path(__file__).resolve().parent / "recipes" / "benchmark_summary.json"
 
 
-def spread_source(value: str) -> tuple[Path, str]:
-    """The seeds_summary.json that ``run.spread_from`` names, and how a report cites it. ``lasp:benchmark`` is
-    the summary of `lasp run recipes/benchmark.yaml` that ships with lasp (its numbers are in the README)."""
+def spread_source(value: str) -> tuple[Path, str, str]:
+    """The seeds_summary.json that ``run.spread_from`` names, how a report cites it, and what it adds about it.
+    ``lasp:benchmark`` is the summary of `lasp run recipes/benchmark.yaml` that ships with lasp (its numbers are
+    in the README)."""
     if value == SHIPPED_BENCHMARK:
-        return SHIPPED_SUMMARY, ("the benchmark shipped with lasp (`lasp run recipes/benchmark.yaml` on a 2-core "
-                                 "CPU machine; run.spread_from: lasp:benchmark)")
+        return (SHIPPED_SUMMARY, "the benchmark shipped with lasp",
+                "run.spread_from: lasp:benchmark; `lasp run recipes/benchmark.yaml` on a 2-core CPU machine; ")
     if value.startswith("lasp:"):
         raise ConfigError(f"run.spread_from: {value!r} is not a file; the only built-in summary is "
                           f"{SHIPPED_BENCHMARK!r}")
-    return Path(value), f"the benchmark at `{value}`"
+    return Path(value), f"the benchmark at `{value}`", ""
 
 
 def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
@@ -195,7 +196,7 @@ def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
     none = f"Seeds: one (seed {cfg.seed}), so no seed-to-seed spread was measured"
     if not settings.spread_from:
         return none + ": the differences below are not tested against noise."
-    path, source = spread_source(settings.spread_from)
+    path, source, detail = spread_source(settings.spread_from)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         macro = {s: a["macro"] for s, a in data["aggregates"].items()}
@@ -211,8 +212,8 @@ def spread_sentence(cfg: RecipeConfig, settings: RunConfig) -> str:
               and c.get("baseline") in settings.systems]
     tested = "; ".join(f"{c['claim']} {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] ({c['verdict']})"
                        for c in claims)
-    return (f"Seeds: one (seed {cfg.seed}); this run measures no spread itself, but {source} "
-            f"({len(seeds)} seeds, its own recipe and corpus) measured a standard deviation of macro CER across "
+    return (f"Seeds: one (seed {cfg.seed}); this run measures no spread itself, but {source} ({detail}"
+            f"{len(seeds)} seeds, its own recipe and corpus) measured a standard deviation of macro CER across "
             f"seeds of {stds or 'nothing for these systems'}"
             + (f", with paired 95 % intervals {tested}" if tested else "")
             + ". Differences here smaller than that spread are not evidence of a difference.")

@@ -10,7 +10,7 @@ import torch
 from lasp.config import load_recipe
 from lasp.errors import ConfigError
 from lasp.run import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
-from lasp.run_seeds import spread_sentence
+from lasp.run_seeds import SHIPPED_SUMMARY, spread_sentence
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
 TOY = ["output_dir=out", "masks.dir=null", "masks.max_batches=1", "masks.min_utterances=1", "run.corpus=out/corpus",
@@ -173,6 +173,17 @@ def test_benchmark_recipe_plans_the_whole_study_without_running_it(tmp_path):
     assert "runs/benchmark/corpus/seed-1/train.jsonl" in jobs["seed-1/masks"].argv
     kinds = [n.split("/")[-1].split("-")[0] for n in jobs]
     assert kinds == sorted(kinds, key=["base", "masks", "pretrain", "finetune", "evaluate"].index)
+
+
+def test_demo_quotes_the_spread_of_the_benchmark_shipped_with_lasp():
+    cfg = load_recipe(demo_recipe_path())
+    assert run_settings(cfg).spread_from == "lasp:benchmark"
+    shipped = json.loads(SHIPPED_SUMMARY.read_text())
+    assert shipped["seeds"] == [0, 1, 2] and set(shipped["groups"]) == {"high", "low"}
+    text = spread_sentence(cfg, run_settings(cfg))
+    lasp_std = shipped["aggregates"]["lasp"]["macro"]["std"]
+    assert "the benchmark shipped with lasp" in text and "; 3 seeds," in text and f"lasp {lasp_std:.3f}" in text
+    assert "lasp < shared" in text and "lasp < random" in text and "lasp vs adapters" in text
 
 
 def test_demo_report_quotes_a_benchmark_spread_or_says_none_was_measured(tmp_path):
