@@ -90,7 +90,7 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
         assert set(results["languages"]) == {"es", "de"}
         assert f"| {system} |" in text
     assert "Corpus: synthesized by lasp" in text and "pre-trained shared on this corpus for 3 steps" in text
-    assert "no seed-to-seed spread was measured" in text and "iou_heatmap.png" in text
+    assert "the benchmark shipped with lasp" in text and "iou_heatmap.png" in text  # the demo quotes its spread
     assert (tmp_path / "out/finetune-lasp/final/es/config.json").is_file()
     assert "Every system was fine-tuned for the same 3 steps" in text
     assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
