@@ -187,12 +187,16 @@ class released_after:
 
     def __exit__(self, *exc) -> None:
         for key in [k for k in _held if k not in self._before]:
-            _held[key] = 1
-            release(Path(key).parent)
+            _release_fully(key)
+
+
+def _release_fully(key: str) -> None:
+    """Drop every re-entry of the lock at ``key`` (a lock file path) at once."""
+    _held[key] = 1
+    release(Path(key).parent)
 
 
 @atexit.register
 def _release_all() -> None:
     for key in list(_held):
-        _held[key] = 1
-        release(Path(key).parent)
+        _release_fully(key)

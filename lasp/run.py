@@ -136,6 +136,9 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
     if masked or any(v.reuses_lasp_masks(cfg, vcfg) for v, vcfg in variants):
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
         jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
+    # adapters are a fine-tuning method: they start from the shared model (the base without a shared system)
+    adapters_start = ((out / "pretrain-shared" / "final", ["pretrain-shared"]) if "shared" in settings.systems
+                      else (base, base_job))
     for system in settings.systems:
         pretrain_dir = out / f"pretrain-{system}"
         if system != "adapters":  # adapters are a fine-tuning method; they start from the shared model
@@ -146,18 +149,16 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                             ["masks"] if system in masked else base_job, pretrain_dir / "final",
                             run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps,
                             max_minutes=cfg.pretrain.max_minutes))
-        init = out / ("pretrain-shared" if system == "adapters" else f"pretrain-{system}") / "final"
-        init_job = "pretrain-shared" if system == "adapters" else f"pretrain-{system}"
-        if system == "adapters" and "shared" not in settings.systems:
-            init, init_job = base, (base_job[0] if base_job else None)
-        jobs += _finetune_jobs(system, system, cfg, stage_recipe, masks, init, [init_job] if init_job else [])
+        if system == "adapters":
+            init, deps = adapters_start
+        else:
+            init, deps = pretrain_dir / "final", [f"pretrain-{system}"]
+        jobs += _finetune_jobs(system, system, cfg, stage_recipe, masks, init, deps)
     for variant, vcfg in variants:
         recipe = variant_recipe(stage_recipe, variant)
         if variant.system == "adapters":
             # the adapter baseline with other settings, from the model the adapters system starts from
-            init = out / "pretrain-shared" / "final" if "shared" in settings.systems else base
-            deps = ["pretrain-shared"] if "shared" in settings.systems else base_job
-            jobs += _finetune_jobs(variant.name, "adapters", vcfg, recipe, masks, init, deps)
+            jobs += _finetune_jobs(variant.name, "adapters", vcfg, recipe, masks, *adapters_start)
             continue
         # a lasp variant has its own masks unless they are searched exactly as the lasp system's
         if variant.reuses_lasp_masks(cfg, vcfg):

@@ -93,8 +93,8 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
         rows.append(f"| {name} | {label(vcfg, variant)} | {sparsity} | {pretrain} "
                     f"| {agg['mean']:.3f} ± {_std(agg['std'])} | [{low:.3f}, {high:.3f}] | {diff} |")
         if masked:  # adapters have no sparsity: the table has them, the plot does not
-            points.append({"method": label(vcfg, variant, say_pretraining=True), "sparsity": vcfg.masks.sparsity, "cer": mean,
-                           "low": low, "high": high})
+            points.append({"method": label(vcfg, variant, say_pretraining=True), "sparsity": vcfg.masks.sparsity,
+                           "cer": mean, "low": low, "high": high})
     plot = plot_cer_vs_sparsity(points, Path(summary.files.get("json", report)).parent / "cer_vs_sparsity.png")
     return ["## Ablations (run.variants)", "",
             "Each variant is a lasp system (or, where the setting says adapters, the adapter baseline) on the "

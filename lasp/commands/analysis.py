@@ -30,15 +30,13 @@ def overlap_command(args: argparse.Namespace) -> int:
     print(f"mask set {args.mask_dir}")
     print(result.summary)
     if args.against:
-        import json
         import os
 
+        from lasp.analysis.report import write_json
         from lasp.analysis.stability import format_stability, search_stability
 
         stability = search_stability(masks, LanguageMasks.load(args.against, languages=languages))
-        path = os.path.join(args.out, "stability.json")
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump({"against": args.against, **stability}, handle, indent=2)
+        path = write_json({"against": args.against, **stability}, os.path.join(args.out, "stability.json"))
         print(f"against {args.against} ({path}):")
         print(format_stability(stability))
     return 0
