@@ -6,14 +6,14 @@ processes do not pay for torch and transformers until they need them.
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ConfinedOptimizer": "lasp.confine",
-    "LanguageMasks": "lasp.masks",
-    "MaskedModel": "lasp.masked",
-    "load_model": "lasp.models",
-    "preset_config": "lasp.models",
-    "make_language_masks": "lasp.pruning",
-    "prune": "lasp.pruning",
-    "score_language": "lasp.scoring",
+    "ConfinedOptimizer": "lasp.masked.confine",
+    "LanguageMasks": "lasp.masks.language_masks",
+    "MaskedModel": "lasp.masked.model",
+    "load_model": "lasp.models.load",
+    "preset_config": "lasp.models.load",
+    "make_language_masks": "lasp.search.pruning",
+    "prune": "lasp.search.pruning",
+    "score_language": "lasp.search.scoring",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Without a GPU the Triton kernels run under the interpreter. Triton reads this when kernels are
-# defined, so it must be set before any test module imports lasp.kernels.
+# defined, so it must be set before any test module imports lasp.masked.kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def make_ctc_batch(vocab_size, batch_size=2, samples=8000, label_len=5, seed=0):
 
 @pytest.fixture
 def tiny_pretraining():
-    from lasp.models import load_model
+    from lasp.models.load import load_model
 
     torch.manual_seed(0)
     return load_model("tiny", head="pretraining")
@@ -51,7 +51,7 @@ def tiny_pretraining():
 
 @pytest.fixture
 def tiny_ctc():
-    from lasp.models import load_model
+    from lasp.models.load import load_model
 
     torch.manual_seed(0)
     return load_model("tiny", head="ctc", vocab_size=12)
@@ -59,7 +59,7 @@ def tiny_ctc():
 
 @pytest.fixture
 def random_masks(tiny_ctc):
-    from lasp.pruning import make_language_masks
+    from lasp.search.pruning import make_language_masks
 
     return make_language_masks(tiny_ctc, {"es": None, "de": None, "ru": None}, scorer="random",
                                sparsity=0.5, seed=1, progress=False)

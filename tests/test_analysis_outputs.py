@@ -5,7 +5,7 @@ import torch
 
 from lasp.analysis.overlap_report import overlap_analysis
 from lasp.cli import main
-from lasp.masks import LanguageMasks
+from lasp.masks.language_masks import LanguageMasks
 
 SHAPES = {f"encoder.layers.{i}.{m}.weight": (24, 16) for i in range(3)
           for m in ("attention.q_proj", "attention.k_proj", "feed_forward.intermediate_dense")}

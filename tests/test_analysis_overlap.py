@@ -6,9 +6,9 @@ import torch
 
 from lasp.analysis.overlap import compute_overlap, iou, lass_overlap
 from lasp.errors import MaskError
-from lasp.masks import LanguageMasks
-from lasp.models import load_model
-from lasp.targets import select_targets
+from lasp.masks.language_masks import LanguageMasks
+from lasp.models.load import load_model
+from lasp.masks.targets import select_targets
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from lasp.analysis.params import (
 )
 from lasp.cli import main
 from lasp.errors import ConfigError, MaskError
-from lasp.models import preset_config
-from lasp.targets import select_targets
+from lasp.models.load import preset_config
+from lasp.masks.targets import select_targets
 
 ADAPTER = transformers.models.wav2vec2.modeling_wav2vec2.Wav2Vec2AttnAdapterLayer
 
@@ -129,7 +129,7 @@ def test_errors_and_report_files(tmp_path, capsys):
 
 
 def test_params_command_with_a_mask_set(tmp_path, capsys):
-    from lasp.masks import LanguageMasks
+    from lasp.masks.language_masks import LanguageMasks
 
     shapes = {n: tuple(p.shape) for n, p in select_targets(meta_backbone(preset_config("tiny"))).items()}
     g = torch.Generator().manual_seed(1)

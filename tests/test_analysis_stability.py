@@ -7,7 +7,7 @@ import torch
 from lasp.analysis.stability import search_stability
 from lasp.cli import main
 from lasp.errors import MaskError
-from lasp.masks import LanguageMasks
+from lasp.masks.language_masks import LanguageMasks
 
 SHAPES = {"encoder.layers.0.fc.weight": (64, 48), "encoder.layers.1.fc.weight": (48, 64)}
 LANGS = ["es", "de", "ru"]

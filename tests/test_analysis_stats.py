@@ -13,11 +13,11 @@ from lasp.analysis.plots import plot_cer_vs_sparsity
 from lasp.analysis.seeds import seed_summary, sweep_rows
 from lasp.analysis.stats import HIGHER, LOWER, NO_DIFFERENCE, aggregate, compare, hierarchical_bootstrap, verdict
 from lasp.analysis.utterances import LanguageScores, read_eval_dir, utterance_counts
-from lasp.config import load_recipe, save_recipe
+from lasp.config.recipe import load_recipe, save_recipe
 from lasp.errors import ConfigError, DataError
-from lasp.evaluate import macro_average, score, write_language_files
-from lasp.masks import LanguageMasks
-from lasp.run import demo_recipe_path
+from lasp.train.evaluate import macro_average, score, write_language_files
+from lasp.masks.language_masks import LanguageMasks
+from lasp.run.runner import demo_recipe_path
 
 LANGS = ["l0", "l1", "l2", "l3"]
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from lasp.bench import format_table, run_bench, time_ms
+from lasp.bench.steps import format_table, run_bench, time_ms
 from lasp.cli import main
 from lasp.errors import ConfigError
 

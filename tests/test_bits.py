@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lasp.bits import pack_bits, packed_shape, popcount, unpack_bits
+from lasp.masks.bits import pack_bits, packed_shape, popcount, unpack_bits
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 13), (4, 16), (2, 3, 17)])

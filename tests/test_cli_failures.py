@@ -61,7 +61,7 @@ def test_output_path_that_is_a_file(tmp_path, recipe, capsys, no_model_load):
 
 def test_unwritable_output_is_found_before_the_model_loads(tmp_path, recipe, capsys, no_model_load, monkeypatch):
     # root may write anywhere, so the read-only mount is simulated where lasp asks the OS
-    monkeypatch.setattr("lasp.preflight.os.access", lambda path, mode: False)
+    monkeypatch.setattr("lasp.cli.preflight.os.access", lambda path, mode: False)
     rc = main(["pretrain", str(recipe), f"output_dir={tmp_path / 'ro' / 'runs'}"])
     one_line_error(capsys, rc, "output_dir", "not writable", "choose a writable output path")
 

@@ -2,7 +2,7 @@
 import pytest
 
 from lasp.cli import main
-from lasp.masks import LanguageMasks
+from lasp.masks.language_masks import LanguageMasks
 
 
 @pytest.fixture(scope="module")

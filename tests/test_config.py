@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 
 from lasp.cli import main
-from lasp.config import (config_to_dict, load_recipe, parse_overrides, register_section, save_recipe,
+from lasp.config.recipe import (config_to_dict, load_recipe, parse_overrides, register_section, save_recipe,
                          stage_run_dir)
 from lasp.errors import ConfigError
 

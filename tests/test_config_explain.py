@@ -7,8 +7,8 @@ import typing
 import pytest
 
 from lasp.cli import main
-from lasp.config import RecipeConfig, _EXTRA_SECTIONS
-from lasp.config_help import SECTIONS, help_for
+from lasp.config.recipe import RecipeConfig, _EXTRA_SECTIONS
+from lasp.config.help import SECTIONS, help_for
 
 RECIPE_COMMANDS = ["pretrain", "finetune", "evaluate", "validate", "run", "report", "prune"]
 

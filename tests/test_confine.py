@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lasp.confine import _restore_outside
+from lasp.masked.confine import _restore_outside
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

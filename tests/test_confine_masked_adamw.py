@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import make_ctc_batch
-from lasp.bits import pack_bits
-from lasp.confine import ConfinedOptimizer, _masked_adamw_torch, masked_adamw_step
-from lasp.kernels import native
-from lasp.masked import MaskedModel
+from lasp.masks.bits import pack_bits
+from lasp.masked.confine import ConfinedOptimizer, _masked_adamw_torch, masked_adamw_step
+from lasp.masked.kernels import native
+from lasp.masked.model import MaskedModel
 
 
 def _bits_equal(a, b):

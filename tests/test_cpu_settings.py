@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
 from lasp.train.setup import start_stage
 

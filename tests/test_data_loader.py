@@ -17,7 +17,7 @@ def corpus(tmp_path_factory):
 
 def _stream(cfg, workers):
     from lasp.data.pipeline import make_dataset, make_loader, make_sampler, pretrain_collator, read_split
-    from lasp.models import preset_config
+    from lasp.models.load import preset_config
     from lasp.train.batches import LoaderStream
 
     dataset = make_dataset(cfg.data, read_split(cfg.data, "train"))

@@ -46,9 +46,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, system_name: str = "
 
 
 def _system(name: str):
-    from lasp.models import load_model
-    from lasp.pruning import make_language_masks
-    from lasp.train.systems import build_system
+    from lasp.models.load import load_model
+    from lasp.search.pruning import make_language_masks
+    from lasp.models.system import build_system
 
     torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = load_model("tiny", head="ctc", vocab_size=12, hidden_size=32, intermediate_size=64,
@@ -95,7 +95,7 @@ def _loss(sys, batch, step):
 
 
 def _stage():
-    from lasp.config import load_recipe
+    from lasp.config.recipe import load_recipe
 
     return load_recipe(None, ["finetune.optim.lr=1e-2", "finetune.optim.weight_decay=0.1", "finetune.max_steps=4",
                               "finetune.ckpt_every=4", "finetune.optim.schedule=constant", "finetune.log_every=1",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lasp.data.text import Vocabulary
-from lasp.evaluate import evaluate_system, greedy_decode, macro_average, score, write_language_files
+from lasp.train.evaluate import evaluate_system, greedy_decode, macro_average, score, write_language_files
 
 REFS = {"es": ["la casa azul", "una bola"], "de": ["ein dach", "ab und zu ab"]}
 HYPS = {"es": ["la cosa azul", "una bola roja"], "de": ["ein", "ab und zu ab"]}

@@ -29,7 +29,7 @@ def _test_manifest(root, corpus):
 
 def test_every_test_utterance_is_scored_and_unreadable_ones_are_named(tmp_path, capsys):
     from lasp.cli import main
-    from lasp.config import save_recipe
+    from lasp.config.recipe import save_recipe
     from lasp.train.finetune import finetune
 
     corpus = make_corpus(tmp_path / "corpus")

@@ -62,7 +62,7 @@ def _without_lasp(export_dir, audio_path) -> dict:
 def _masked_logits(final, lang, audio):
     """The masked model's logits for ``audio``, fed by lasp's own evaluation batching."""
     from lasp.data.collate import EvalCollator, feature_normalization
-    from lasp.trained import load_trained
+    from lasp.models.trained import load_trained
 
     system = load_trained(final, head="ctc")
     system.train(False)
@@ -116,7 +116,7 @@ def test_lasp_export_command(finetuned, tmp_path, capsys):
     for name in ("vocab.json", "tokenizer_config.json", "preprocessor_config.json", "config.json"):
         assert (tmp_path / "de" / name).is_file(), name
     # weights outside M_de are exactly zero in the export
-    from lasp.masks import LanguageMasks
+    from lasp.masks.language_masks import LanguageMasks
 
     masks = LanguageMasks.load(final / "masks", ["de"])
     for name, keep in masks["de"].items():
@@ -133,8 +133,8 @@ def test_adapters_export_as_transformers_adapter_layers():
     from data_fixtures import tiny_config
     from transformers import Wav2Vec2ForCTC
 
-    from lasp.export import language_model
-    from lasp.train.systems import build_system
+    from lasp.models.export import language_model
+    from lasp.models.system import build_system
 
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(tiny_config(vocab_size=12))

@@ -3,11 +3,11 @@ import torch
 import torch.nn as nn
 
 from lasp.errors import ConfigError, MaskError
-from lasp.kernels.semi_structured import check_2to4, export_semi_structured, is_2to4, sparsify_linear
+from lasp.masked.kernels.semi_structured import check_2to4, export_semi_structured, is_2to4, sparsify_linear
 
 
 def test_check_2to4_accepts_pruner_masks_and_names_the_bad_group():
-    from lasp.pruning import prune
+    from lasp.search.pruning import prune
 
     scores = {"encoder.layers.0.attention.q_proj.weight": torch.rand(8, 16, generator=torch.Generator()
                                                                      .manual_seed(0))}
@@ -26,7 +26,7 @@ def test_check_2to4_accepts_pruner_masks_and_names_the_bad_group():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
 def test_export_needs_sparse_tensor_cores(tiny_ctc, random_masks):
-    from lasp.masked import MaskedModel
+    from lasp.masked.model import MaskedModel
 
     with pytest.raises(ConfigError, match="needs a CUDA GPU with sparse tensor cores"):
         export_semi_structured(MaskedModel(tiny_ctc, random_masks), "es")

@@ -7,8 +7,8 @@ import torch
 from conftest import make_ctc_batch
 from lasp.analysis.overlap import compute_overlap, specificity
 from lasp.errors import ConfigError
-from lasp.lass import lass_language_masks
-from lasp.pruning import make_language_masks
+from lasp.search.lass import lass_language_masks
+from lasp.search.pruning import make_language_masks
 
 LANGS = ("es", "de", "ru")
 
@@ -57,7 +57,7 @@ def test_lass_bad_settings_are_named(tiny_ctc):
 def test_prune_with_lass_prints_specificity(tmp_path, capsys):
     from lasp.cli import main
     from lasp.data.synth import synthesize_corpus
-    from lasp.masks import LanguageMasks
+    from lasp.masks.language_masks import LanguageMasks
 
     corpus = synthesize_corpus(["es", "de"], tmp_path / "c", utterances_per_lang=4, test_utterances=1,
                                dev_utterances=1, seed=0, workers=1)

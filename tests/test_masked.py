@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from conftest import make_ctc_batch
-from lasp.confine import ConfinedOptimizer
+from lasp.masked.confine import ConfinedOptimizer
 from lasp.errors import MaskError
-from lasp.masked import MaskedModel
-from lasp.pruning import make_language_masks
-from lasp.targets import select_targets
+from lasp.masked.model import MaskedModel
+from lasp.search.pruning import make_language_masks
+from lasp.masks.targets import select_targets
 
 
 def _audio(batch=3, samples=6000, seed=0):

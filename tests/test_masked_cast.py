@@ -1,4 +1,4 @@
-"""The masked cast (MaskedLinear / lasp.kernels.cast) against fp64 truth, and the module swap's guarantees."""
+"""The masked cast (MaskedLinear / lasp.masked.kernels.cast) against fp64 truth, and the module swap's guarantees."""
 import copy
 import pickle
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lasp.bits import pack_bits
-from lasp.kernels import masked_linear, resolve_mode
-from lasp.kernels.cast import segments_of
-from lasp.masked import MaskedModel
-from lasp.masked_modules import MaskedLinear
+from lasp.masks.bits import pack_bits
+from lasp.masked.kernels import masked_linear, resolve_mode
+from lasp.masked.kernels.cast import segments_of
+from lasp.masked.model import MaskedModel
+from lasp.masked.layers import MaskedLinear
 
 
 def _problem(batch, steps, in_f, out_f, langs, seed, density=0.5):
@@ -132,7 +132,7 @@ class _Net(nn.Module):
 
 
 def test_pickle_roundtrip_computes_with_the_copys_weights():
-    from lasp.masks import LanguageMasks
+    from lasp.masks.language_masks import LanguageMasks
 
     torch.manual_seed(0)
     net = _Net()
@@ -186,7 +186,7 @@ def test_triton_masked_cast_kernel_under_the_interpreter():
     pytest.importorskip("triton")
     import os
 
-    from lasp.kernels import triton_cast
+    from lasp.masked.kernels import triton_cast
 
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU and TRITON_INTERPRET is not set")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lasp.errors import MaskError
-from lasp.masks import LanguageMasks, mask_file_name
-from lasp.models import load_model
+from lasp.masks.language_masks import LanguageMasks, mask_file_name
+from lasp.models.load import load_model
 
 
 def test_save_load_bit_exact_and_size(random_masks, tmp_path):

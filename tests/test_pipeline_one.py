@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from lasp.masks import LanguageMasks
+from lasp.masks.language_masks import LanguageMasks
 from test_train_support import fast_recipe, make_corpus
 
 
 def _checkpoint(root, cfg, normalize=True):
     """A local pre-training checkpoint (the tiny preset, saved) with its feature-extractor config."""
-    from lasp.models import load_model
+    from lasp.models.load import load_model
 
     torch.manual_seed(1)
     model = load_model("tiny", head="pretraining", **cfg.model.overrides)
@@ -23,13 +23,13 @@ def _checkpoint(root, cfg, normalize=True):
 
 
 def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monkeypatch):
-    import lasp.evaluate as evaluate_mod
-    import lasp.imp
-    import lasp.scoring
+    import lasp.train.evaluate as evaluate_mod
+    import lasp.search.imp
+    import lasp.search.scoring
     import lasp.train.finetune
     import lasp.train.pretrain
-    from lasp.mask_search import prune_to_dir
-    from lasp.objective import batch_loss, model_inputs
+    from lasp.search.methods import prune_to_dir
+    from lasp.models.objective import batch_loss, model_inputs
 
     corpus = make_corpus(tmp_path / "corpus", langs=("es",), n_train=1, n_test=1)
     cfg0 = fast_recipe(tmp_path, corpus)
@@ -42,8 +42,8 @@ def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monke
             return fn(model, batch, *args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(lasp.scoring, "batch_loss", recorder("score", batch_loss))
-    monkeypatch.setattr(lasp.imp, "batch_loss", recorder("imp", batch_loss))
+    monkeypatch.setattr(lasp.search.scoring, "batch_loss", recorder("score", batch_loss))
+    monkeypatch.setattr(lasp.search.imp, "batch_loss", recorder("imp", batch_loss))
     monkeypatch.setattr(lasp.train.pretrain, "batch_loss", recorder("pretrain", batch_loss))
     monkeypatch.setattr(lasp.train.finetune, "batch_loss", recorder("finetune", batch_loss))
     def eval_inputs(batch, device=None):
@@ -57,7 +57,7 @@ def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monke
     prune_to_dir(fast_recipe(tmp_path, corpus, *common), init, str(tmp_path / "m1"), progress=False)
     prune_to_dir(fast_recipe(tmp_path, corpus, *common, "masks.method=imp"), init, str(tmp_path / "m2"),
                  progress=False)
-    from lasp.evaluate import evaluate
+    from lasp.train.evaluate import evaluate
     from lasp.train.finetune import finetune
     from lasp.train.pretrain import pretrain
 
@@ -82,7 +82,7 @@ def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monke
 
 def test_a_checkpoint_without_normalization_is_fed_raw_audio(tmp_path):
     from lasp.data.collate import feature_normalization
-    from lasp.mask_search import language_loaders, load_search_model
+    from lasp.search.methods import language_loaders, load_search_model
 
     corpus = make_corpus(tmp_path / "corpus", langs=("es",), n_train=1, n_test=1)
     cfg = fast_recipe(tmp_path, corpus)
@@ -110,7 +110,7 @@ def test_prune_gives_the_masks_the_automatic_search_gives(tmp_path, stage, metho
             "masks.imp_rounds=2", "masks.imp_steps=2", f"{stage}.system=lasp", f"{stage}.max_steps=1",
             f"{stage}.init={init}"]
     cfg = fast_recipe(tmp_path, corpus, *over)
-    from lasp.config import save_recipe
+    from lasp.config.recipe import save_recipe
 
     save_recipe(cfg, recipe)
     if stage == "pretrain":

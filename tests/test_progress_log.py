@@ -78,7 +78,7 @@ def test_ctrl_c_during_training_is_one_line(tmp_path, corpus):
 
 
 def test_expected_head_switch_is_one_line(tmp_path, capsys):
-    from lasp.models import load_model
+    from lasp.models.load import load_model
 
     records = []
     handler = logging.Handler()

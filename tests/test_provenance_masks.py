@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from lasp.cli import main
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.errors import DataError, MaskError
-from lasp.masks import LanguageMasks, mask_file_name
+from lasp.masks.language_masks import LanguageMasks, mask_file_name
 from test_train_support import FAST_MODEL, make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,12 +176,12 @@ def test_prune_into_an_existing_set_keeps_other_languages_records(tmp_path, corp
 
 
 def test_prune_checks_out_and_sparsity_before_scoring(tmp_path, corpus, capsys, monkeypatch):
-    import lasp.mask_search
+    import lasp.search.methods
 
     def never(*a, **k):
         raise AssertionError("scored before the arguments were checked")
 
-    monkeypatch.setattr(lasp.mask_search, "load_search_model", never)
+    monkeypatch.setattr(lasp.search.methods, "load_search_model", never)
     afile = tmp_path / "a-file"
     afile.write_text("x")
     base = ["prune", "--model", "tiny", "--data", str(corpus["train"]), "--min-utterances", "2"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lasp.config import save_recipe
+from lasp.config.recipe import save_recipe
 from lasp.errors import ConfigError
 from lasp.locks import LockError
 from lasp.train.checkpoint import load_resumable

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lasp.config import load_recipe, save_recipe, yaml_load
+from lasp.config.recipe import load_recipe, save_recipe, yaml_load
 
 
 @pytest.mark.parametrize("spelling", ["2:4", '"2:4"', "'2:4'"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
-from lasp.run import _progress, demo_recipe_path, plan_jobs, run, run_settings
+from lasp.run.runner import _progress, demo_recipe_path, plan_jobs, run, run_settings
 
 
 def test_demo_recipe_is_the_repository_recipe():
@@ -115,7 +115,7 @@ def test_a_local_checkpoint_is_the_base(tmp_path):
 
 
 def test_corpus_rules(tmp_path):
-    from lasp.run import corpus_kind, make_corpus
+    from lasp.run.runner import corpus_kind, make_corpus
 
     corpus = tmp_path / "c"
     corpus.mkdir()
@@ -134,7 +134,7 @@ def test_corpus_rules(tmp_path):
 
 def test_report_states_scored_and_unreadable_per_language(tmp_path):
     """The report reads results.json as evaluate writes it: per language, utterances scored and unreadable ones."""
-    from lasp.run_report import coverage_section
+    from lasp.run.report import coverage_section
 
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps({"audio": f"{l}{i}.mp3", "text": "a", "lang": l}) + "\n"

@@ -11,7 +11,7 @@ import pytest
 from data_fixtures import make_commonvoice
 
 from lasp.cli import main
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "xlsr53_commonvoice.yaml"
 # 15 rows per language: 9 train, 3 dev, 3 test. Test rows: an ordinary sentence, a clip that goes missing /
@@ -50,8 +50,8 @@ def user_run(tmp_path_factory):
     from transformers import Wav2Vec2FeatureExtractor
 
     from lasp.data.commonvoice import import_commonvoice
-    from lasp.models import load_model
-    from lasp.run import run
+    from lasp.models.load import load_model
+    from lasp.run.runner import run
 
     tmp = tmp_path_factory.mktemp("usercorpus")
     root = make_commonvoice(str(tmp / "cv-release"), SENTENCES, sr=16000)

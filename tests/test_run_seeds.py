@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
-from lasp.run import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
-from lasp.run_seeds import SHIPPED_SUMMARY, spread_sentence
+from lasp.run.runner import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
+from lasp.run.seeds import SHIPPED_SUMMARY, spread_sentence
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
 TOY = ["output_dir=out", "masks.dir=null", "masks.max_batches=1", "masks.min_utterances=1", "run.corpus=out/corpus",
@@ -64,7 +64,7 @@ def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypa
 def _encoder_weight(system: Path):
     from safetensors.torch import load_file
 
-    from lasp.system_layout import model_dir
+    from lasp.models.layout import model_dir
 
     return load_file(str(model_dir(system) / "model.safetensors"))["wav2vec2.encoder.layers.0.attention.k_proj.weight"]
 
@@ -101,8 +101,8 @@ def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_
 
 
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
-    from lasp.run import make_corpus
-    from lasp.run_report import corpus_sentence
+    from lasp.run.runner import make_corpus
+    from lasp.run.report import corpus_sentence
 
     cfg = load_recipe(demo_recipe_path(), [f"run.corpus={tmp_path}/c", "run.languages=[es,de,ru]",
                                            "run.low_resource=[de]", "run.train_utterances=10",

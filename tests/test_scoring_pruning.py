@@ -3,9 +3,9 @@ import torch
 
 from conftest import make_ctc_batch, make_pretrain_batch
 from lasp.errors import ConfigError
-from lasp.pruning import make_language_masks, prune
-from lasp.scoring import score_language
-from lasp.targets import select_targets
+from lasp.search.pruning import make_language_masks, prune
+from lasp.search.scoring import score_language
+from lasp.masks.targets import select_targets
 
 
 def _scores(seed=0):

@@ -5,9 +5,9 @@ import torch
 
 from conftest import make_ctc_batch
 from lasp.errors import ConfigError, MaskError
-from lasp.masked import MaskedModel
-from lasp.models import load_model
-from lasp.structured import (StructuredMasks, export_structured, load_structured_model, make_structured_masks,
+from lasp.masked.model import MaskedModel
+from lasp.models.load import load_model
+from lasp.search.structured import (StructuredMasks, export_structured, load_structured_model, make_structured_masks,
                              save_structured_model, score_structures, structure_of)
 
 

@@ -10,7 +10,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from lasp.config import save_recipe
+from lasp.config.recipe import save_recipe
 from test_train_support import fast_recipe, make_corpus
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_ctc_batch
-from lasp.imp import imp_language_masks, round_sparsity
+from lasp.search.imp import imp_language_masks, round_sparsity
 
 
 def test_round_sparsity_is_geometric():

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import make_ctc_batch
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 from lasp.train.metrics_log import read_metrics
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature, linear_warmup, lr_factor, tri_stage
-from lasp.train.systems import System
+from lasp.models.system import System
 
 
 class Stream:

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from lasp.cli import main
-from lasp.masks import LanguageMasks
+from lasp.masks.language_masks import LanguageMasks
 from lasp.train.metrics_log import read_metrics
 from test_train_support import FAST_MODEL, fast_recipe, make_corpus
 
@@ -19,7 +19,7 @@ def corpus(tmp_path_factory):
 
 
 def _init_model(cfg, head):
-    from lasp.models import load_model
+    from lasp.models.load import load_model
 
     torch.manual_seed(cfg.seed)  # what start_stage does before building the model
     return load_model(cfg.model.name, head=head, **cfg.model.overrides)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from lasp.config import load_recipe
+from lasp.config.recipe import load_recipe
 
 WORDS = {"es": ["ala", "bola", "casa"], "de": ["ab", "dach", "ei"], "ru": ["ом", "да", "мир"]}
 

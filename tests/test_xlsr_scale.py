@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("LASP_SLOW") != "1", reason="opt-
 
 
 def test_score_and_prune_xlsr53_preset():
-    from lasp.models import count_parameters, load_model
-    from lasp.pruning import make_language_masks
+    from lasp.models.load import count_parameters, load_model
+    from lasp.search.pruning import make_language_masks
 
     torch.manual_seed(0)
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """How much language sub-networks share: pairwise IoU, LaSS overlap, sharing counts.
 
-Pure computations over a mask set, given either as :class:`lasp.masks.LanguageMasks`
+Pure computations over a mask set, given either as :class:`lasp.masks.language_masks.LanguageMasks`
 (anything with ``.languages`` and ``[lang]``; ``.packed(lang)`` is used when
 present so that only one tensor is ever unpacked at a time) or as a plain
 ``{lang: {param_name: bool tensor}}`` dict.
@@ -32,9 +32,9 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from lasp.bits import unpack_bits
+from lasp.masks.bits import unpack_bits
 from lasp.errors import MaskError
-from lasp.targets import layer_index, module_kind
+from lasp.masks.targets import layer_index, module_kind
 
 KINDS = ("q", "k", "v", "out", "ffn-in", "ffn-out", "other")
 _CHUNK = 1 << 20  # weights per matmul chunk: bounds memory at N × 8 MiB

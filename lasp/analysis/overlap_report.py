@@ -30,7 +30,7 @@ import numpy as np
 from lasp.analysis.clustering import cluster_languages, family_test, load_families
 from lasp.analysis.overlap import GroupCounts, OverlapStats, compute_overlap, specificity
 from lasp.analysis.plots import plot_dendrogram, plot_iou_heatmap, plot_layer_curves, plot_sharing_histogram
-from lasp.analysis.report import fmt, format_table, write_csv, write_json, write_matrix_csv
+from lasp.analysis.tables import fmt, format_table, write_csv, write_json, write_matrix_csv
 from lasp.errors import ConfigError
 
 

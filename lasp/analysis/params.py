@@ -36,10 +36,10 @@ import torch.nn as nn
 import transformers
 from transformers import PretrainedConfig, Wav2Vec2Config
 
-from lasp.bits import packed_shape
+from lasp.masks.bits import packed_shape
 from lasp.errors import ConfigError, MaskError
-from lasp.models import PRESETS, is_preset, preset_config
-from lasp.targets import canonical_parameters, owner_module, select_targets
+from lasp.models.load import PRESETS, is_preset, preset_config
+from lasp.masks.targets import canonical_parameters, owner_module, select_targets
 
 COLUMNS = (
     "method", "setting", "languages", "shared_params", "per_language_params", "language_specific_params",
@@ -58,7 +58,7 @@ def resolve_config(model_name_or_config: Any) -> PretrainedConfig:
     if is_preset(name):
         return preset_config(name)
     if os.path.isdir(name):
-        from lasp.system_layout import model_dir
+        from lasp.models.layout import model_dir
 
         name = os.fspath(model_dir(name))  # a trained system directory keeps its checkpoint in shared/
         if not os.path.isfile(os.path.join(name, "config.json")):
@@ -307,7 +307,7 @@ def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[lis
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The parameter table as a GitHub markdown table."""
-    from lasp.analysis.report import format_table
+    from lasp.analysis.tables import format_table
 
     header, body = display_rows(rows)
     return format_table(header, body, markdown=True)
@@ -317,7 +317,7 @@ def write_parameter_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.
                            plots: bool = True) -> dict[str, str]:
     """``params.md``, ``params.csv``, ``params.json`` and (if ``plots``) ``params.png`` in ``out_dir``."""
     from lasp.analysis.plots import plot_parameter_bars
-    from lasp.analysis.report import write_csv, write_json
+    from lasp.analysis.tables import write_csv, write_json
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)

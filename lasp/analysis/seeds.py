@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from lasp.analysis.report import fmt, write_json
+from lasp.analysis.tables import fmt, write_json
 from lasp.analysis.stats import Comparison, aggregate, cer_interval, compare, group_languages
 from lasp.analysis.utterances import LanguageScores, read_eval_dir
 from lasp.errors import ConfigError

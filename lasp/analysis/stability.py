@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lasp.bits import iou_packed
+from lasp.masks.bits import iou_packed
 from lasp.errors import MaskError
 
 
 def search_stability(a: Any, b: Any) -> dict[str, Any]:
-    """Same-language vs other-language IoU between two :class:`lasp.masks.LanguageMasks` (module docstring)."""
+    """Same-language vs other-language IoU between two :class:`lasp.masks.language_masks.LanguageMasks` (module docstring)."""
     if a.shapes != b.shapes:
         names = sorted(set(a.shapes) ^ set(b.shapes))
         differ = names[0] if names else next(n for n in a.shapes if a.shapes[n] != b.shapes[n])

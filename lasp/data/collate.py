@@ -44,7 +44,7 @@ def feature_normalization(name_or_path: str) -> bool:
     A checkpoint directory's ``preprocessor_config.json`` decides; a preset, or a directory without that file,
     uses :data:`PRESET_NORMALIZE` (and says so in the log, since a real checkpoint should carry its config).
     """
-    from lasp.system_layout import model_dir
+    from lasp.models.layout import model_dir
 
     if os.path.isdir(str(name_or_path)):  # a lasp system directory keeps its checkpoint in shared/
         name_or_path = model_dir(name_or_path)

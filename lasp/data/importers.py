@@ -17,7 +17,7 @@ from lasp.data.audio import AudioError, audio_info
 from lasp.data.dataset import BadRow, DataReport
 from lasp.data.manifest import Utterance, write_manifest
 from lasp.errors import ConfigError, DataError
-from lasp.provenance import LANG_PATTERN
+from lasp.languages import LANG_PATTERN
 
 log = logging.getLogger(__name__)
 

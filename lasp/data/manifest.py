@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from lasp.errors import DataError
-from lasp.provenance import check_language_code
+from lasp.languages import check_language_code
 
 REQUIRED_KEYS = ("audio", "text", "lang")
 SPLITS = ("train", "dev", "test")

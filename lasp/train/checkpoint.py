@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lasp.errors import ConfigError
-from lasp.provenance import sha256_file
+from lasp.io import sha256_file
 
 LATEST = "latest"
 CHECKSUMS = "checksums.json"

@@ -50,7 +50,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    from lasp.trained import pick_device
+    from lasp.models.trained import pick_device
 
     device = pick_device(device_pref, local)
     if world > 1 and not dist.is_initialized():

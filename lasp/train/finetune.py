@@ -13,18 +13,18 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from lasp.config import RecipeConfig, stage_run_dir
+from lasp.config.recipe import RecipeConfig, stage_run_dir
 from lasp.data.collate import feature_normalization
 from lasp.data.pipeline import ctc_collator, load_vocab, make_dataset, make_sampler, read_split, recipe_loader
 from lasp.errors import ConfigError
-from lasp.models import is_preset, load_model
-from lasp.objective import batch_loss
-from lasp.system_layout import is_model_dir
+from lasp.models.load import is_preset, load_model
+from lasp.models.objective import batch_loss
+from lasp.models.layout import is_model_dir
 from lasp.train import distributed as D
 from lasp.train.batches import LoaderStream
 from lasp.train.loop import Batch, train_loop
 from lasp.train.setup import export_final, resolve_masks, start_stage
-from lasp.train.systems import System, build_system
+from lasp.models.system import System, build_system
 
 log = logging.getLogger(__name__)
 FROM_PRETRAIN = "pretrain"  # finetune.init: this recipe's pre-training output

@@ -30,14 +30,14 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from lasp.config_schema import StageConfig
+from lasp.config.schema import StageConfig
 from lasp.errors import ConfigError
 from lasp.locks import acquire
 from lasp.train import distributed as D
 from lasp.train.checkpoint import CheckpointError, load_resumable, rng_state, save_checkpoint, set_rng_state
 from lasp.train.metrics_log import MetricsLogger
 from lasp.train.schedule import lr_factor
-from lasp.train.systems import System
+from lasp.models.system import System
 
 
 @dataclass

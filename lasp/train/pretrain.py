@@ -15,17 +15,17 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from lasp.config import RecipeConfig, stage_run_dir
+from lasp.config.recipe import RecipeConfig, stage_run_dir
 from lasp.data.collate import feature_normalization
 from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
-from lasp.models import load_model
-from lasp.objective import batch_loss
+from lasp.models.load import load_model
+from lasp.models.objective import batch_loss
 from lasp.train import distributed as D
 from lasp.train.batches import LoaderStream
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature
 from lasp.train.setup import export_final, resolve_masks, start_stage
-from lasp.train.systems import System, build_system
+from lasp.models.system import System, build_system
 
 
 def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from lasp.config_schema import OptimConfig
+from lasp.config.schema import OptimConfig
 
 
 def tri_stage(max_steps: int, ratios: list[float], final_scale: float) -> Callable[[int], float]:

@@ -12,16 +12,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lasp.config import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
-from lasp.cpu import apply_cpu_settings
+from lasp.config.recipe import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
+from lasp.device import apply_cpu_settings
 from lasp.errors import ConfigError
 from lasp.locks import acquire, release
-from lasp.masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
-from lasp.provenance import (check_language_rows, check_mask_provenance, check_run_record, expected_record,
-                             legacy_record, note_base_weights, stage_recipe)
+from lasp.masks.language_masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
+from lasp.masks.provenance import check_mask_provenance, expected_record, legacy_record, note_base_weights
+from lasp.search.checks import check_language_rows
+from lasp.train.run_record import check_run_record, stage_recipe
 from lasp.train import distributed as D
 from lasp.train.checkpoint import checkpoint_dir
-from lasp.train.systems import System
+from lasp.models.system import System
 
 
 def start_stage(cfg: RecipeConfig) -> D.DistInfo:
@@ -109,12 +110,12 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
     """The mask set a masked system trains with, searched (and saved) when there is none yet.
 
     lasp: ``masks.dir`` if it holds a mask set; else the masks the ``init`` model was trained with
-    (``<init>/masks``); else :func:`lasp.mask_search.search_masks` on ``init`` (what ``lasp prune`` runs for
+    (``<init>/masks``); else :func:`lasp.search.methods.search_masks` on ``init`` (what ``lasp prune`` runs for
     the same recipe) saved to ``masks.dir`` (or ``<run_dir>/masks-lasp``). random: random masks with the
     per-tensor density of that lasp set when one exists, else at ``masks.sparsity``, saved to
     ``<run_dir>/masks-random``.
     """
-    from lasp.mask_search import random_masks, random_masks_like, search_masks
+    from lasp.search.methods import random_masks, random_masks_like, search_masks
 
     if system not in ("lasp", "random"):
         return None
@@ -143,12 +144,12 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
                  extra: Callable[[Path], None] | None = None) -> Path:
     """Write ``<run_dir>/final`` atomically (temporary directory, then rename).
 
-    Layout: :mod:`lasp.system_layout`. The shared model gets the feature-extractor config training used (so the
+    Layout: :mod:`lasp.models.layout`. The shared model gets the feature-extractor config training used (so the
     next stage and exports normalize audio the same way); a fine-tuned system (``extra`` wrote vocab.json) also
-    gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.export`).
+    gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.models.export`).
     """
     from lasp.data.collate import feature_normalization, save_feature_extractor
-    from lasp.system_layout import SHARED_SUBDIR
+    from lasp.models.layout import SHARED_SUBDIR
 
     final = run_dir / "final"
     tmp = run_dir / f".tmp-final-{os.getpid()}"
@@ -172,7 +173,7 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
 def _export_languages(system: System, directory: Path, languages: Sequence[str], normalize: bool) -> None:
     from lasp.data.text import Vocabulary
     from lasp.errors import ConfigError
-    from lasp.export import export_language
+    from lasp.models.export import export_language
 
     languages = system.wrapper.languages if system.wrapper is not None else list(languages)
     taken = {p.name for p in directory.iterdir()}

@@ -1,0 +1,67 @@
+"""`lasp run [RECIPE]` (the whole comparison; the offline demo by default) and `lasp report RECIPE`."""
+from __future__ import annotations
+
+import argparse
+
+from lasp.cli.train import add_explain, print_explain
+
+DEFAULT_RECIPE = "demo"
+
+
+def _load(args: argparse.Namespace):
+    from lasp.config.recipe import load_recipe
+    from lasp.run.runner import demo_recipe_path
+
+    recipe = args.recipe or demo_recipe_path()
+    return load_recipe(recipe, args.overrides)
+
+
+def _check_outputs(cfg) -> None:
+    """Output paths usable before the first stage starts (one line naming the key otherwise)."""
+    from lasp.cli.preflight import check_output_dir, check_output_file
+
+    check_output_dir("output_dir", cfg.output_dir)
+    settings = cfg.extra.get("run")
+    if settings is not None:
+        check_output_dir("run.corpus", settings.corpus)
+        check_output_file("run.report", settings.report)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.explain:
+        return print_explain()
+    from lasp.run.runner import clean, run
+
+    cfg = _load(args)
+    _check_outputs(cfg)
+    if args.fresh:
+        clean(cfg)
+    run(cfg)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    if args.explain:
+        return print_explain()
+    from lasp.run.runner import report_from_outputs
+
+    print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe with a 'run' section (default: the built-in offline demo, "
+                                             "recipes/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. run.parallel=1")
+    add_explain(p)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: corpus, base model, masks, language-adaptive "
+                                   "pre-training, fine-tuning and evaluation of every system, report")
+    _add_common(p)
+    p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
+    p.set_defaults(handler=run_command, resumable=True)  # finished stages are skipped on a rerun
+    r = sub.add_parser("report", help="(re)write the report of a `lasp run` from its stage outputs")
+    _add_common(r)
+    r.set_defaults(handler=report_command)

@@ -1,0 +1,1 @@
+"""Recipes: the typed schema of a lasp YAML recipe, loading, overrides and validation."""

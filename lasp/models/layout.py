@@ -1,0 +1,61 @@
+"""Where a trained system's files live inside its directory (a stage's ``final/``).
+
+    final/
+      lasp_system.json     what this is: system name, layout version, where the parts are
+      shared/              the shared model as a Hugging Face checkpoint (config.json, model.safetensors,
+                           preprocessor_config.json). For a masked system these are the weights *before* any
+                           language's mask: no language was trained as this dense model.
+      masks/               the mask set (lasp / random systems)
+      adapters.*           per-language adapters (adapters system)
+      vocab.json           the CTC vocabulary (fine-tuned systems)
+      <lang>/              one language exported as a plain Wav2Vec2ForCTC + processor (``lasp.models.export``)
+
+There is deliberately no ``config.json`` + weights pair at the top: ``from_pretrained(final)`` fails instead of
+silently loading the shared weights as if they were a trained model. This module only names paths, so the
+model loader can resolve a system directory without importing the training code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SYSTEM_FILE = "lasp_system.json"
+SHARED_SUBDIR = "shared"
+MASKS_SUBDIR = "masks"
+LAYOUT_VERSION = 2
+
+
+def read_marker(directory: str | os.PathLike) -> dict | None:
+    """The parsed ``lasp_system.json`` of ``directory``, or None when there is none."""
+    path = Path(directory) / SYSTEM_FILE
+    if not path.is_file():
+        return None
+    from lasp.errors import ConfigError
+
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: malformed ({err.msg})") from None
+    if not isinstance(marker, dict) or "system" not in marker:
+        raise ConfigError(f"{path}: no 'system' key; not written by lasp")
+    return marker
+
+
+def is_system_dir(directory: str | os.PathLike) -> bool:
+    """True for a directory in this layout (version 2 marker)."""
+    marker = read_marker(directory)
+    return bool(marker) and int(marker.get("layout", 1)) >= LAYOUT_VERSION
+
+
+def model_dir(directory: str | os.PathLike) -> Path:
+    """The Hugging Face checkpoint folder of ``directory``: its ``shared/`` for a system directory, else itself."""
+    directory = Path(directory)
+    if is_system_dir(directory):
+        return directory / read_marker(directory).get("model", SHARED_SUBDIR)
+    return directory
+
+
+def is_model_dir(directory: str | os.PathLike) -> bool:
+    """True when ``directory`` holds a model lasp can load (a system directory or a plain HF checkpoint)."""
+    return (model_dir(directory) / "config.json").is_file()

@@ -1,0 +1,1 @@
+"""`lasp run`: the whole comparison as a graph of stage processes, seeds and variants, and its report."""

@@ -1,0 +1,368 @@
+"""`lasp run RECIPE`: the paper's pipeline end to end, as independent stage processes.
+
+    corpus ─► base ─► masks (score + prune per language)
+          ─► language-adaptive pre-training per system ─► CTC fine-tuning per system ─► evaluation ─► report
+
+The corpus is the user's when ``run.corpus`` already holds manifests that lasp did not synthesize (no
+``synth.json``): it is read, never written. Otherwise lasp synthesizes its offline demo corpus there. The base
+is ``model.name`` itself when that is a local checkpoint directory (e.g. XLSR-53); for a preset (random
+weights) a shared pre-training run on the corpus stands in for a pre-trained model.
+
+Every stage is an ordinary ``lasp`` command run in its own process with one
+thread (two one-thread processes get more done on a small CPU machine than one
+two-thread process), scheduled as soon as the stages it needs are done. A stage
+whose output exists is skipped, and a killed stage resumes from its last
+checkpoint, so rerunning the same command continues an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lasp.config.recipe import RecipeConfig, save_recipe
+from lasp.config.schema import SYSTEMS, RunConfig
+from lasp.errors import ConfigError
+from lasp.run.schedule import Job, _progress, run_jobs  # noqa: F401  (_progress: tests)
+from lasp.run.variants import parse_variants, variant_config, variant_recipe, write_variant_recipes
+
+
+
+# The demo recipe ships inside the package so that `lasp run` works from any directory;
+# recipes/demo.yaml in the repository is the same file (a test keeps them identical).
+DEMO_RECIPE = Path(__file__).parent.parent / "recipes" / "demo.yaml"
+
+
+def demo_recipe_path() -> Path:
+    return DEMO_RECIPE
+
+
+def run_settings(cfg: RecipeConfig) -> RunConfig:
+    settings = cfg.extra.get("run")
+    if settings is None:
+        raise ConfigError("this recipe has no 'run' section; see recipes/demo.yaml")
+    unknown = [s for s in settings.systems if s not in SYSTEMS]
+    if unknown:
+        raise ConfigError(f"run.systems: unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
+    if settings.parallel < 1:
+        raise ConfigError("run.parallel must be at least 1")
+    if settings.base_steps < 1:
+        raise ConfigError("run.base_steps must be at least 1")
+    if settings.base_minutes is not None and settings.base_minutes <= 0:
+        raise ConfigError("run.base_minutes must be > 0 (or null for no wall-time budget)")
+    if any(not isinstance(s, int) or s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
+        raise ConfigError(f"run.seeds must be distinct integers >= 0, got {settings.seeds}")
+    unknown_low = [lang for lang in settings.low_resource if lang not in settings.languages]
+    if unknown_low:
+        raise ConfigError(f"run.low_resource: {unknown_low[0]!r} is not one of run.languages")
+    for i, variant in enumerate(parse_variants(settings.variants)):  # values are checked in the variant recipes
+        if variant.score_on == "shared" and "shared" not in settings.systems:
+            raise ConfigError(f"run.variants[{i}].score_on: shared needs the shared system in run.systems "
+                              f"(its fine-tuned CTC model scores the masks), got {settings.systems}")
+    return settings
+
+
+def base_is_checkpoint(cfg: RecipeConfig) -> bool:
+    """True when model.name is a local checkpoint: it is the base model and no base pre-training runs."""
+    from lasp.models.load import is_preset
+
+    return not is_preset(cfg.model.name)
+
+
+def corpus_kind(corpus: str | Path) -> str:
+    """``synthetic`` (lasp wrote it: synth.json), ``user`` (manifests lasp did not make) or ``empty``."""
+    from lasp.data.synth import SETTINGS_FILE
+
+    corpus = Path(corpus)
+    if (corpus / SETTINGS_FILE).is_file():
+        return "synthetic"
+    return "user" if any((corpus / f"{split}.jsonl").exists() for split in SPLITS) else "empty"
+
+
+SPLITS = ("train", "dev", "test")
+
+
+def make_corpus(cfg: RecipeConfig, settings: RunConfig) -> dict[str, str]:
+    """The corpus manifests (split -> path): the user's as they are, or lasp's synthetic corpus.
+
+    Never writes into a corpus lasp did not make: with ``run.synthesize: always`` such a corpus is an error.
+    """
+    corpus = Path(settings.corpus)
+    kind = corpus_kind(corpus)
+    if kind == "user":
+        if settings.synthesize == "always":
+            raise ConfigError(f"{corpus}: holds manifests lasp did not make (no synth.json); refusing to synthesize "
+                              "over them (use another run.corpus, or run.synthesize=auto to train on them)")
+        manifests = {s: str(corpus / f"{s}.jsonl") for s in SPLITS if (corpus / f"{s}.jsonl").is_file()}
+        missing = [s for s in ("train", "test") if s not in manifests]
+        if missing:
+            raise ConfigError(f"{corpus}: has no {missing[0]}.jsonl (a user corpus needs train and test manifests; "
+                              "lasp does not write into it)")
+        return manifests
+    if settings.synthesize == "never":
+        raise ConfigError(f"{corpus}: no train/dev/test.jsonl manifests and run.synthesize is 'never'")
+    from lasp.data.synth import synthesize_corpus
+
+    return synthesize_corpus(settings.languages, settings.corpus, utterances_per_lang=settings.train_utterances,
+                             dev_utterances=settings.dev_utterances, test_utterances=settings.test_utterances,
+                             low_resource=settings.low_resource, low_factor=settings.low_factor, seed=cfg.seed)
+
+
+def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> list[Job]:
+    """The stage graph: which command each stage runs and which stages it waits for.
+
+    Pre-training batches are always single-language (each batch trains one language's sub-network, as in
+    the paper); ``data.mixed`` only decides whether fine-tuning batches mix languages.
+    """
+    out = Path(cfg.output_dir)
+    lasp = [sys.executable, "-m", "lasp"]
+    masks = Path(cfg.masks.dir) if cfg.masks.dir else out / "masks-lasp"
+    if base_is_checkpoint(cfg):
+        base, base_job, jobs = Path(cfg.model.name), [], []  # the user's pre-trained model is the base
+    else:
+        base, base_job = out / "base" / "final", ["base"]
+        jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
+                             f"pretrain.run_dir={base.parent}", f"pretrain.init={cfg.model.name}",
+                             f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
+                             f"pretrain.max_steps={settings.base_steps}",
+                             f"threads={settings.base_threads}", "data.mixed=false"],
+                    [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
+                    max_minutes=settings.base_minutes)]
+    masked = [s for s in settings.systems if s in ("lasp", "random")]
+    variants = [(v, variant_config(cfg, v)) for v in parse_variants(settings.variants)]
+    if masked or any(v.reuses_lasp_masks(cfg, vcfg) for v, vcfg in variants):
+        # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
+        jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
+    # adapters are a fine-tuning method: they start from the shared model (the base without a shared system)
+    adapters_start = ((out / "pretrain-shared" / "final", ["pretrain-shared"]) if "shared" in settings.systems
+                      else (base, base_job))
+    for system in settings.systems:
+        pretrain_dir = out / f"pretrain-{system}"
+        if system != "adapters":  # adapters are a fine-tuning method; they start from the shared model
+            jobs.append(Job(f"pretrain-{system}",
+                            [*lasp, "pretrain", str(stage_recipe), f"pretrain.system={system}",
+                             f"pretrain.run_dir={pretrain_dir}", f"pretrain.init={base}",
+                             f"masks.dir={masks}", "threads=1", "data.mixed=false"],
+                            ["masks"] if system in masked else base_job, pretrain_dir / "final",
+                            run_dir=pretrain_dir, max_steps=cfg.pretrain.max_steps,
+                            max_minutes=cfg.pretrain.max_minutes))
+        if system == "adapters":
+            init, deps = adapters_start
+        else:
+            init, deps = pretrain_dir / "final", [f"pretrain-{system}"]
+        jobs += _finetune_jobs(system, system, cfg, stage_recipe, masks, init, deps)
+    for variant, vcfg in variants:
+        recipe = variant_recipe(stage_recipe, variant)
+        if variant.system == "adapters":
+            # the adapter baseline with other settings, from the model the adapters system starts from
+            jobs += _finetune_jobs(variant.name, "adapters", vcfg, recipe, masks, *adapters_start)
+            continue
+        # a lasp variant has its own masks unless they are searched exactly as the lasp system's
+        if variant.reuses_lasp_masks(cfg, vcfg):
+            vmasks, masks_job = masks, "masks"
+        else:
+            vmasks, masks_job = out / f"masks-{variant.name}", f"masks-{variant.name}"
+            if variant.score_on == "shared":
+                # scored through the fine-tuned shared system's CTC head, on the transcripts
+                jobs.append(_masks_job(masks_job, vcfg, recipe, out / "finetune-shared" / "final",
+                                       ["finetune-shared"], vmasks, settings, head="ctc"))
+            else:
+                jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
+        init, init_deps = base, [masks_job]
+        if variant.pretrain:
+            pretrain_dir = out / f"pretrain-{variant.name}"
+            jobs.append(Job(f"pretrain-{variant.name}",
+                            [*lasp, "pretrain", str(recipe), "pretrain.system=lasp", f"pretrain.run_dir={pretrain_dir}",
+                             f"pretrain.init={base}", f"masks.dir={vmasks}", "threads=1", "data.mixed=false"],
+                            [masks_job], pretrain_dir / "final", run_dir=pretrain_dir,
+                            max_steps=vcfg.pretrain.max_steps, max_minutes=vcfg.pretrain.max_minutes))
+            init, init_deps = pretrain_dir / "final", [f"pretrain-{variant.name}"]
+        jobs += _finetune_jobs(variant.name, "lasp", vcfg, recipe, vmasks, init, init_deps)
+    # When a thread-slot frees up, start the earliest kind of stage that is ready: every pre-training run
+    # before any fine-tuning run, so the long fine-tuning runs start as early as possible and end together.
+    return sorted(jobs, key=lambda job: STAGE_RANK[stage_kind(job.name)])
+
+
+STAGE_RANK = {"base": 0, "masks": 1, "pretrain": 2, "finetune": 3, "evaluate": 4}
+
+
+def stage_kind(name: str) -> str:
+    """``finetune`` for ``finetune-lasp`` or ``seed-1/finetune-sparsity-0.3``."""
+    return name.rsplit("/", 1)[-1].split("-")[0]
+
+
+def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job: list[str], masks: Path,
+               settings: RunConfig, head: str = "auto") -> Job:
+    """``lasp prune`` of ``base`` by ``cfg``'s masks section (any method) into ``masks``; ``head``: the loss the
+    gradient scorers use (auto: the pre-training loss on a base model)."""
+    m = cfg.masks
+    return Job(name, [sys.executable, "-m", "lasp", "prune", "--recipe", str(recipe), "--model", str(base),
+                      "--data", cfg.data.train, "--method", m.method,
+                      "--scorer", m.scorer, "--sparsity", str(m.sparsity), "--scope", m.scope,
+                      "--pattern", m.pattern, "--batches", str(m.max_batches),
+                      "--batch-size", str(cfg.data.batch_size or 4), "--seed", str(cfg.seed),
+                      "--langs", ",".join(settings.languages), "--out", str(masks),
+                      "--min-utterances", str(m.min_utterances), "--head", head,
+                      *(["--targets", *m.targets] if m.targets else [])],
+               base_job, masks / "mask_config.json")
+
+
+def _finetune_jobs(name: str, system: str, cfg: RecipeConfig, recipe: Path, masks: Path, init: Path,
+                   deps: list[str]) -> list[Job]:
+    """Fine-tuning of ``system`` from ``init`` into finetune-<name>, and its evaluation into eval-<name>."""
+    lasp = [sys.executable, "-m", "lasp"]
+    out = Path(cfg.output_dir)
+    ft_dir, eval_dir = out / f"finetune-{name}", out / f"eval-{name}"
+    return [Job(f"finetune-{name}",
+                [*lasp, "finetune", str(recipe), f"finetune.system={system}", f"finetune.run_dir={ft_dir}",
+                 f"finetune.init={init}", f"masks.dir={masks}", "threads=1"],
+                deps, ft_dir / "final", run_dir=ft_dir, max_steps=cfg.finetune.max_steps,
+                max_minutes=cfg.finetune.max_minutes),
+            Job(f"evaluate-{name}",
+                [*lasp, "evaluate", str(recipe), f"evaluate.model={ft_dir / 'final'}",
+                 f"evaluate.out_dir={eval_dir}", "threads=1"],
+                [f"finetune-{name}"], eval_dir / "results.json")]
+
+
+def _override_value(value) -> str:
+    """``value`` as the YAML of a ``key=value`` override (None is ``null``)."""
+    return "null" if value is None else str(value)
+
+
+def prepare(cfg: RecipeConfig, settings: RunConfig) -> tuple[RecipeConfig, list[Job]]:
+    """One seed's corpus, its recipes (recipe.yaml, stages.yaml, stages-<variant>.yaml) and its stage graph."""
+    out = Path(cfg.output_dir)
+    manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    kind = corpus_kind(settings.corpus)
+    what = "lasp synthetic corpus" if kind == "synthetic" else "your manifests, read only"
+    base = cfg.model.name if base_is_checkpoint(cfg) else f"pre-trained here from the {cfg.model.name} preset"
+    print(f"corpus: {settings.corpus} ({what}); base model: {base}", flush=True)
+    stage_cfg = stage_config(cfg, settings, manifests)
+    stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
+    save_recipe(cfg, out / "recipe.yaml")
+    write_variant_recipes(stage_cfg, stage_recipe, parse_variants(settings.variants))
+    return stage_cfg, plan_jobs(stage_cfg, settings, stage_recipe)
+
+
+def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, str]) -> RecipeConfig:
+    """The recipe every stage of one seed reads: ``cfg`` on the corpus ``manifests``, without the run section."""
+    stage_cfg = replace(cfg, extra={})
+    stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
+                             valid=manifests.get("dev"), languages=list(settings.languages))
+    return stage_cfg
+
+
+def plan_run(cfg: RecipeConfig) -> list[Job]:
+    """Every stage `lasp run` would run for ``cfg``, every seed and variant, without making or reading a corpus
+    (its manifests are assumed at <run.corpus>/<split>.jsonl): for checking a recipe before a long run."""
+    from lasp.run.seeds import seed_configs
+
+    runs = seed_configs(cfg, run_settings(cfg))
+    jobs = []
+    for seed_cfg in runs:
+        settings = seed_cfg.extra["run"]
+        manifests = {split: str(Path(settings.corpus) / f"{split}.jsonl") for split in SPLITS}
+        planned = plan_jobs(stage_config(seed_cfg, settings, manifests), settings,
+                            Path(seed_cfg.output_dir) / "stages.yaml")
+        jobs += _prefixed(planned, f"seed-{seed_cfg.seed}") if len(runs) > 1 else planned
+    return _one_schedule(jobs)
+
+
+def _one_schedule(jobs: list[Job]) -> list[Job]:
+    """Every seed's stages in one schedule, by kind of stage first (seed order within a kind): no thread slot
+    waits at a seed boundary for a two-thread base pre-training, and all fine-tuning runs end together."""
+    return sorted(jobs, key=lambda job: STAGE_RANK[stage_kind(job.name)])
+
+
+def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
+    """The same jobs named ``<prefix>/<name>`` (several seeds share one schedule)."""
+    return [replace(j, name=f"{prefix}/{j.name}", deps=[f"{prefix}/{d}" for d in j.deps]) for j in jobs]
+
+
+def run(cfg: RecipeConfig, progress: bool = True) -> Path:
+    """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path."""
+    from lasp.run.seeds import seed_configs
+
+    settings = run_settings(cfg)
+    if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
+        raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
+    t0 = time.monotonic()
+    out = Path(cfg.output_dir)
+    runs = seed_configs(cfg, settings)
+    multi = len(runs) > 1
+    print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}"
+          + (f", {len(settings.variants)} variants" if settings.variants else "")
+          + (f", seeds {', '.join(str(c.seed) for c in runs)}" if multi else "") + f", output {out}", flush=True)
+    prepared = []
+    for seed_cfg in runs:
+        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.extra["run"])
+        prepared.append((seed_cfg, stage_cfg, _prefixed(jobs, f"seed-{seed_cfg.seed}") if multi else jobs))
+    walls = run_jobs(_one_schedule([j for *_, jobs in prepared for j in jobs]), settings.parallel, out / "logs",
+                     progress=progress)
+    for seed_cfg, stage_cfg, _ in prepared:
+        seed_out, prefix = Path(seed_cfg.output_dir), f"seed-{seed_cfg.seed}/" if multi else ""
+        mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
+        (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
+                                                              indent=2))
+    report = write_reports(cfg, settings, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
+                           wall_total=time.monotonic() - t0)
+    print(f"report: {report}", flush=True)
+    return report
+
+
+def write_reports(cfg: RecipeConfig, settings: RunConfig, seed_cfgs: list[RecipeConfig],
+                  stage_cfgs: list[RecipeConfig], wall_total: float | None = None) -> Path:
+    """The run's report (and, with several seeds, every seed's report and the seed summary); returns its path."""
+    from lasp.run.report import write_report
+    from lasp.run.seeds import seeds_report, summarize
+
+    multi = len(seed_cfgs) > 1
+    run_dirs = [Path(c.output_dir) for c in seed_cfgs]
+    summary = summarize(run_dirs, settings, Path(cfg.output_dir)) if multi or settings.variants else None
+    if not multi:
+        return write_report(stage_cfgs[0], seed_cfgs[0].extra["run"], run_dirs[0], wall_total=wall_total,
+                            summary=summary)
+    for seed_cfg, stage_cfg in zip(seed_cfgs, stage_cfgs):
+        write_report(stage_cfg, seed_cfg.extra["run"], Path(seed_cfg.output_dir), seeds_of=settings)
+    return seeds_report(cfg, settings, summary, seed_cfgs, stage_cfgs, wall_total=wall_total)
+
+
+def report_from_outputs(cfg: RecipeConfig) -> Path:
+    """`lasp report`: rewrite the reports of a finished (or partly finished) `lasp run` of ``cfg``."""
+    from lasp.config.recipe import load_recipe
+    from lasp.run.seeds import seed_configs
+
+    settings = run_settings(cfg)
+    seed_cfgs = seed_configs(cfg, settings)
+    stage_cfgs = []
+    for seed_cfg in seed_cfgs:
+        path = Path(seed_cfg.output_dir) / "stages.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; `lasp run` has not started in output_dir {cfg.output_dir} yet")
+        stage_cfgs.append(load_recipe(path))
+    return write_reports(cfg, settings, seed_cfgs, stage_cfgs)
+
+
+def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update({k: round(v, 1) for k, v in walls.items()})
+    return old
+
+
+def clean(cfg: RecipeConfig) -> None:
+    """Remove everything a previous `lasp run` wrote under output_dir (its synthetic corpus too if it lives there).
+
+    A user's corpus inside output_dir is not lasp's to delete: that is an error, and nothing is removed.
+    """
+    out = Path(cfg.output_dir).resolve()
+    settings = cfg.extra.get("run")
+    if settings is not None:
+        corpus = Path(settings.corpus).resolve()
+        if corpus.is_relative_to(out) and corpus_kind(corpus) == "user":
+            raise ConfigError(f"--fresh would delete {settings.corpus}, a corpus lasp did not make, inside "
+                              f"output_dir {cfg.output_dir}; move it out or delete the run by hand")
+    shutil.rmtree(cfg.output_dir, ignore_errors=True)
