@@ -1,4 +1,4 @@
-"""CPU execution settings a recipe controls: intra-op threads and oneDNN kernels.
+"""Where lasp runs: the device a process computes on, and the CPU settings a recipe controls (threads, oneDNN).
 
 oneDNN (``torch.backends.mkldnn``) is torch's default for CPU convolutions. For the
 narrow convolutions of small wav2vec 2.0 models it is the slow choice in training:
@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import torch
 
+from lasp.errors import ConfigError
+
 
 def apply_cpu_settings(threads: int | None, onednn: bool) -> None:
     """Set torch's intra-op thread count (None keeps torch's default) and whether CPU ops may use oneDNN."""
     if threads is not None:
         torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = onednn
+
+
+def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is this rank's GPU when there is one; ``cuda`` without a GPU is an error."""
+    if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("key 'device' is 'cuda' but no CUDA device is available")
+    return torch.device("cuda", local_rank)

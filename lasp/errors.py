@@ -19,3 +19,7 @@ class ConfigError(LaspError):
 
 class DataError(LaspError):
     """A manifest row, audio file or transcript cannot be used."""
+
+
+class StorageError(LaspError):
+    """Writing a file failed for a reason the user can fix: a full disk, a read-only file system, permissions."""

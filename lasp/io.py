@@ -12,6 +12,7 @@ Temporary files get the permissions an ordinary ``open()`` would give (``0o666``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,8 +21,68 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from safetensors import SafetensorError
+
+from lasp.errors import DataError, StorageError
+
 TMP_PREFIX = ".tmp-"
 _hash_cache: dict[tuple, str] = {}
+
+# what to do, per errno: the user can act on these without reading code
+HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose an output path on another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose an output path on another disk",
+    errno.EROFS: "read-only file system: choose a writable output path (output_dir, run_dir or --out)",
+    errno.EACCES: "permission denied: choose a path you may write to, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a path you may write to, or fix its permissions",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another output path or move the file",
+    errno.EISDIR: "this is a folder where a file was expected: give a file path",
+    errno.EEXIST: "this path already exists as a file: choose another output path or move the file",
+    errno.ENOENT: "no such file or folder: check the path",
+}
+# compiled writers (safetensors, torch's zip writer) raise their own exception types for these, with the OS
+# message in the text
+_WRITER_TEXT = {
+    errno.ENOSPC: ("No space left on device", "os error 28", "file write failed"),
+    errno.EROFS: ("Read-only file system", "os error 30"),
+    errno.EACCES: ("Permission denied", "os error 13"),
+}
+
+
+def storage_error(path: str | os.PathLike, err: BaseException) -> StorageError | None:
+    """A one-line :class:`StorageError` naming ``path`` when ``err`` is a disk/permission failure, else None."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        text = " ".join(str(err).split())
+        code = next((c for c, needles in _WRITER_TEXT.items() if any(n in text for n in needles)), None)
+    if code not in HINTS or code in (errno.ENOENT, errno.EEXIST):
+        return None
+    return StorageError(f"{os.fspath(path)}: {os.strerror(code)}; {HINTS[code]}")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, read-only file system or permission error inside the block into one line naming
+    ``path`` (what lasp was writing), whichever library raised it."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+        mapped = storage_error(path, err)
+        if mapped is None:
+            raise
+        raise mapped from err
+
+
+def read_text(path: str | os.PathLike, what: str = "") -> str:
+    """The UTF-8 text of ``path``; bytes that are not UTF-8 are an error naming the line and byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        prefix = f"{what}: " if what else ""
+        raise DataError(f"{prefix}{os.fspath(path)}: not UTF-8 text (line {line}, byte 0x{data[err.start]:02x}); "
+                        "save the file as UTF-8 (e.g. iconv -t UTF-8)") from None
 
 
 def _umask() -> int:
@@ -57,18 +118,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+        os.close(fd)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "utf-8") -> Path:
@@ -93,22 +155,23 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     ``path`` is an error. On an exception the temporary folder is removed.
     """
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}."))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        if path.exists() or path.is_symlink():
-            if not replace:
-                raise FileExistsError(f"{path} exists")
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(path.parent)
+    with writing(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}."))
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            if path.exists() or path.is_symlink():
+                if not replace:
+                    raise FileExistsError(f"{path} exists")
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -51,7 +51,7 @@ def test_overlap_analysis_with_one_language_skips_pairwise_parts(tmp_path):
 def test_overlap_command_prints_summary_and_files(tmp_path, capsys):
     LanguageMasks.from_dense(masks(), base_model="tiny").save(tmp_path / "masks")
     (tmp_path / "fam.yaml").write_text("es: romance\nit: romance\nde: germanic\nnl: germanic\n")
-    code = main(["overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"),
+    code = main(["masks", "overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"),
                  "--families", str(tmp_path / "fam.yaml"), "--permutations", "20"])
     out = capsys.readouterr().out
     assert code == 0
@@ -63,15 +63,15 @@ def test_overlap_command_prints_summary_and_files(tmp_path, capsys):
 def test_overlap_command_reports_user_errors_in_one_line(tmp_path, capsys):
     LanguageMasks.from_dense(masks(), base_model="tiny").save(tmp_path / "masks")
     (tmp_path / "fam.yaml").write_text("es: romance\nit: romance\n")
-    code = main(["overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"),
+    code = main(["masks", "overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"),
                  "--families", str(tmp_path / "fam.yaml")])
     err = capsys.readouterr().err
     assert code == 1 and "de" in err and "nl" in err and len(err.strip().splitlines()) == 1
-    code = main(["overlap", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    code = main(["masks", "overlap", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert code == 1 and "nowhere" in capsys.readouterr().err
 
 
 def test_overlap_command_rejects_unknown_language(tmp_path, capsys):
     LanguageMasks.from_dense(masks(), base_model="tiny").save(tmp_path / "masks")
-    assert main(["overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"), "--languages", "es,xx"]) == 1
+    assert main(["masks", "overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"), "--languages", "es,xx"]) == 1
     assert "'xx'" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_overlap_against_a_second_search_writes_stability(tmp_path, capsys):
     a, b = repeated_search(True)
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
-    rc = main(["overlap", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--no-plots", "--against",
+    rc = main(["masks", "overlap", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--no-plots", "--against",
                str(tmp_path / "b")])
     out = capsys.readouterr().out
     assert rc == 0 and "search stability: a language's mask vs its repeat IoU 0.700, vs other languages' 0.335" in out

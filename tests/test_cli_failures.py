@@ -70,16 +70,24 @@ def test_unwritable_output_is_found_before_the_model_loads(tmp_path, recipe, cap
                                           (errno.EACCES, "permission denied")])
 def test_full_or_read_only_disk_during_a_stage_names_the_file(tmp_path, recipe, capsys, monkeypatch, code,
                                                               needle):
-    target = tmp_path / "runs" / "pretrain-lasp" / "checkpoint-000010" / "model.safetensors"
+    """The write fails deep inside a library with no file name on the exception: lasp names what it was writing."""
+    import torch
 
-    def stage(cfg):  # the write fails deep inside a library, without a file name on the exception
-        target.parent.mkdir(parents=True)
-        with open(target, "wb") as fh:  # noqa: F841 - the open file is how the CLI finds the path
-            raise OSError(code, os.strerror(code))
+    from lasp.train.checkpoint import save_checkpoint
 
+    run_dir = tmp_path / "runs" / "pretrain-lasp"
+
+    def write(tensors, filename):
+        raise OSError(code, os.strerror(code))
+
+    def stage(cfg):
+        save_checkpoint(run_dir, 10, {"w": torch.zeros(2)}, {})
+
+    monkeypatch.setattr("lasp.train.checkpoint.save_file", write)
     monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
     rc = main(["pretrain", str(recipe)])
-    one_line_error(capsys, rc, str(target), os.strerror(code), needle)
+    one_line_error(capsys, rc, str(run_dir / "checkpoints" / "step-00000010"), os.strerror(code), needle)
+    assert not any((run_dir / "checkpoints").iterdir())  # nothing half-written left behind
 
 
 def test_config_folder_without_weights(tmp_path, recipe, capsys, no_model_load):
@@ -98,7 +106,7 @@ def test_config_folder_without_weights_outside_a_recipe(tmp_path, capsys):
     folder = tmp_path / "xlsr"
     Wav2Vec2Config().save_pretrained(folder)
     manifest = make_corpus(tmp_path / "c", langs=("es",), n_train=1, n_test=1)["train"]
-    rc = main(["prune", "--model", str(folder), "--data", str(manifest), "--out", str(tmp_path / "m"),
+    rc = main(["masks", "prune", "--model", str(folder), "--data", str(manifest), "--out", str(tmp_path / "m"),
                "--scorer", "magnitude", "--min-utterances", "1"])
     one_line_error(capsys, rc, str(folder), "no weights", "model.safetensors", "copy the whole Hugging Face")
     assert not (tmp_path / "m").exists()  # the --out folder made for the lock goes with the failed command
@@ -159,26 +167,21 @@ def test_closed_pipe_exits_quietly(tmp_path):
     assert err == ""
 
 
-def test_full_disk_reported_by_a_compiled_writer(tmp_path, recipe, capsys, monkeypatch):
+def test_full_disk_reported_by_a_compiled_writer(tmp_path, recipe, capsys, monkeypatch, random_masks):
     """safetensors raises its own error type for ENOSPC; the message still becomes one line naming the file."""
-    import safetensors.torch
     from safetensors import SafetensorError
 
-    target = tmp_path / "runs" / "model.safetensors"
+    out = tmp_path / "runs" / "masks"
 
-    def write(tensors, filename):
+    def write(tensors, filename, metadata=None):
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                               'message: "No space left on device" })')
 
-    def stage(cfg):
-        import torch
-
-        safetensors.torch.save_file({"w": torch.zeros(2)}, str(target))
-
-    monkeypatch.setattr("safetensors.torch.save_file", write)
-    monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
+    monkeypatch.setattr("lasp.masks.language_masks.save_file", write)
+    monkeypatch.setattr("lasp.train.pretrain.pretrain", lambda cfg: random_masks.save(out))
     rc = main(["pretrain", str(recipe)])
-    one_line_error(capsys, rc, str(target), "No space left on device", "disk is full")
+    one_line_error(capsys, rc, str(out / "masks.es.safetensors"), "No space left on device", "disk is full")
+    assert sorted(p.name for p in out.iterdir()) == []  # no partial mask file, no config naming one
 
 
 def test_a_bug_keeps_its_traceback(recipe, monkeypatch):
@@ -188,3 +191,11 @@ def test_a_bug_keeps_its_traceback(recipe, monkeypatch):
     monkeypatch.setattr("lasp.train.pretrain.pretrain", stage)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["pretrain", str(recipe)])
+
+
+def test_earlier_spellings_still_work_with_a_note(tmp_path, capsys, random_masks):
+    random_masks.save(tmp_path / "masks")
+    assert main(["overlap", str(tmp_path / "masks"), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "`lasp overlap` is now `lasp masks overlap`" in err
+    assert (tmp_path / "o" / "summary.txt").is_file()

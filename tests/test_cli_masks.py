@@ -16,7 +16,7 @@ def small_corpus(tmp_path_factory):
 
 def test_prune_then_info(small_corpus, tmp_path, capsys):
     out = tmp_path / "masks"
-    code = main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--scorer", "taylor",
+    code = main(["masks", "prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--scorer", "taylor",
                  "--sparsity", "0.5", "--batches", "2", "--batch-size", "2", "--out", str(out)])
     assert code == 0
     masks = LanguageMasks.load(out)
@@ -33,13 +33,13 @@ def test_prune_then_info(small_corpus, tmp_path, capsys):
 
 def test_prune_two_four_global_errors(small_corpus, tmp_path, capsys):
     out = tmp_path / "m24"
-    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--scorer", "magnitude",
+    assert main(["masks", "prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--scorer", "magnitude",
                  "--pattern", "2:4", "--out", str(out)]) == 0
     masks = LanguageMasks.load(out)
     m = next(iter(masks["es"].values()))
     assert (m.reshape(-1, 4).sum(1) == 2).all()
     capsys.readouterr()
-    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--langs", "es,sw",
+    assert main(["masks", "prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--langs", "es,sw",
                  "--scorer", "magnitude", "--out", str(tmp_path / "x")]) == 1
     assert "utterance of language 'sw'" in capsys.readouterr().err
     assert main(["masks", "info", str(tmp_path / "missing")]) == 1
@@ -48,7 +48,7 @@ def test_prune_two_four_global_errors(small_corpus, tmp_path, capsys):
 
 def test_prune_with_imp(small_corpus, tmp_path):
     out = tmp_path / "imp"
-    assert main(["prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--method", "imp",
+    assert main(["masks", "prune", "--model", "tiny", "--data", small_corpus["train"], "--min-utterances", "2", "--method", "imp",
                  "--imp-rounds", "2", "--imp-steps", "2", "--batches", "1", "--batch-size", "2",
                  "--sparsity", "0.4", "--out", str(out)]) == 0
     masks = LanguageMasks.load(out)

@@ -10,7 +10,7 @@ from lasp.cli import main
 from lasp.config.recipe import RecipeConfig, _EXTRA_SECTIONS
 from lasp.config.help import SECTIONS, help_for
 
-RECIPE_COMMANDS = ["pretrain", "finetune", "evaluate", "validate", "run", "report", "prune"]
+RECIPE_COMMANDS = ["pretrain", "finetune", "evaluate", "validate", "run", "report", "masks prune"]
 
 
 def schema_keys() -> dict[str, tuple[type, str]]:
@@ -45,7 +45,7 @@ def test_every_schema_key_has_help():
 
 @pytest.mark.parametrize("command", RECIPE_COMMANDS)
 def test_explain_on_every_recipe_command(command, capsys):
-    assert main([command, "--explain"]) == 0
+    assert main([*command.split(), "--explain"]) == 0
     lines = capsys.readouterr().out.splitlines()
     keys = schema_keys()
     for key, (cls, name) in keys.items():

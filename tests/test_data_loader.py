@@ -80,7 +80,7 @@ def test_worker_settings_are_checked(tmp_path, corpus):
 def test_data_bench_reports_audio_seconds_per_second(tmp_path, corpus, capsys):
     from lasp.cli import main
 
-    assert main(["data", "bench", str(corpus["train"]), "pretrain.mask_time_length=2", "pretrain.num_negatives=5",
+    assert main(["bench", "data", str(corpus["train"]), "pretrain.mask_time_length=2", "pretrain.num_negatives=5",
                  "--workers", "0,1", "--batches", "3", "--batch-size", "2"]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if "s of audio per second" in l]
     assert [l.split(":")[0].strip() for l in lines] == ["workers 0", "workers 1"]

@@ -61,10 +61,11 @@ def _without_lasp(export_dir, audio_path) -> dict:
 
 def _masked_logits(final, lang, audio):
     """The masked model's logits for ``audio``, fed by lasp's own evaluation batching."""
-    from lasp.data.collate import EvalCollator, feature_normalization
-    from lasp.models.trained import load_trained
+    from lasp.data.collate import EvalCollator
+    from lasp.models.features import feature_normalization
+    from lasp.models.system import System
 
-    system = load_trained(final, head="ctc")
+    system = System.from_pretrained(final, head="ctc")
     system.train(False)
     system.set_language(lang)
     collate = EvalCollator(system.model.config, normalize=feature_normalization(final))

@@ -62,7 +62,7 @@ def test_prune_with_lass_prints_specificity(tmp_path, capsys):
     corpus = synthesize_corpus(["es", "de"], tmp_path / "c", utterances_per_lang=4, test_utterances=1,
                                dev_utterances=1, seed=0, workers=1)
     out = tmp_path / "lass"
-    assert main(["prune", "--model", "tiny", "--data", corpus["train"], "--method", "lass", "--lass-steps", "2",
+    assert main(["masks", "prune", "--model", "tiny", "--data", corpus["train"], "--method", "lass", "--lass-steps", "2",
                  "--min-utterances", "2", "--lass-criterion", "magnitude", "--batches", "1", "--batch-size", "2",
                  "--sparsity", "0.4", "--out", str(out)]) == 0
     masks = LanguageMasks.load(out)

@@ -60,14 +60,40 @@ def test_dense_mode_and_context_restore(tiny_ctc, random_masks):
 
 
 def test_masks_stay_out_of_state_dict_and_roundtrip(tiny_ctc, random_masks, tmp_path):
+    from lasp.models.system import System
+
     keys_before = set(tiny_ctc.state_dict())
     mm = MaskedModel(tiny_ctc, random_masks).eval()
     assert set(tiny_ctc.state_dict()) == keys_before
-    mm.save_pretrained(tmp_path)
-    loaded = MaskedModel.from_pretrained(tmp_path).eval()
-    assert loaded.languages == mm.languages
+    System("lasp", tiny_ctc, mm).save_pretrained(tmp_path / "system")
+    loaded = System.from_pretrained(tmp_path / "system")
+    loaded.train(False)
+    assert loaded.name == "lasp" and loaded.languages == mm.languages
     x = _audio(2)
-    with torch.no_grad(), mm.language("ru"), loaded.language("ru"):
+    with torch.no_grad(), mm.language("ru"):
+        loaded.set_language("ru")
+        torch.testing.assert_close(loaded(input_values=x).logits, mm(input_values=x).logits)
+
+
+def test_a_masked_model_folder_of_the_earlier_layout_still_loads(tiny_ctc, random_masks, tmp_path, caplog):
+    """Folders written before the shared/ layout: the HF checkpoint at the top, masks/ and masked_model.json."""
+    import json
+    import logging
+
+    from lasp.models.system import System
+
+    mm = MaskedModel(tiny_ctc, random_masks).eval()
+    tiny_ctc.save_pretrained(tmp_path)
+    random_masks.save(tmp_path / "masks")
+    (tmp_path / "masked_model.json").write_text(json.dumps(
+        {"targets": list(mm.targets), "mode": "fused", "languages": mm.languages}))
+    with caplog.at_level(logging.WARNING):
+        loaded = System.from_pretrained(tmp_path)
+    assert any("earlier folder layout" in r.getMessage() for r in caplog.records)
+    loaded.train(False)
+    x = _audio(2)
+    with torch.no_grad(), mm.language("de"):
+        loaded.set_language("de")
         torch.testing.assert_close(loaded(input_values=x).logits, mm(input_values=x).logits)
 
 

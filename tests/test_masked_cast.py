@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from lasp.masks.bits import pack_bits
-from lasp.masked.kernels import masked_linear, resolve_mode
+from lasp.masked.kernels.linear import masked_linear, resolve_mode
 from lasp.masked.kernels.cast import segments_of
 from lasp.masked.model import MaskedModel
 from lasp.masked.layers import MaskedLinear

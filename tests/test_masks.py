@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lasp.errors import MaskError
-from lasp.masks.language_masks import LanguageMasks, mask_file_name
+from lasp.masks.language_masks import LanguageMasks
+from lasp.masks.store import mask_file_name
 from lasp.models.load import load_model
 
 

@@ -79,7 +79,7 @@ def test_prune_through_a_head_the_checkpoint_lacks_is_an_error(tmp_path, capsys)
     corpus = make_corpus(tmp_path / "corpus", n_train=2, n_test=1)
     torch.manual_seed(0)
     load_model("tiny", head="pretraining").save_pretrained(tmp_path / "pre")
-    assert main(["prune", "--model", str(tmp_path / "pre"), "--data", str(corpus["train"]), "--head", "ctc",
+    assert main(["masks", "prune", "--model", str(tmp_path / "pre"), "--data", str(corpus["train"]), "--head", "ctc",
                  "--min-utterances", "1", "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err
     assert "no trained 'ctc' head" in err and "saved heads: pretraining" in err

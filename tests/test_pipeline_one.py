@@ -81,7 +81,7 @@ def test_one_waveform_gets_identical_input_values_in_every_stage(tmp_path, monke
 
 
 def test_a_checkpoint_without_normalization_is_fed_raw_audio(tmp_path):
-    from lasp.data.collate import feature_normalization
+    from lasp.models.features import feature_normalization
     from lasp.search.methods import language_loaders, load_search_model
 
     corpus = make_corpus(tmp_path / "corpus", langs=("es",), n_train=1, n_test=1)
@@ -119,7 +119,7 @@ def test_prune_gives_the_masks_the_automatic_search_gives(tmp_path, stage, metho
         from lasp.train.finetune import finetune as run_stage
     final = run_stage(cfg, progress=False)
     auto = LanguageMasks.load(final.parent / "masks-lasp")
-    assert main(["prune", "--recipe", str(recipe), "--out", str(tmp_path / "pruned")]) == 0
+    assert main(["masks", "prune", "--recipe", str(recipe), "--out", str(tmp_path / "pruned")]) == 0
     pruned = LanguageMasks.load(tmp_path / "pruned")
     assert pruned.languages == auto.languages == ["de", "es"]
     for lang in auto.languages:
@@ -128,6 +128,6 @@ def test_prune_gives_the_masks_the_automatic_search_gives(tmp_path, stage, metho
     assert auto.metadata["method"] == pruned.metadata["method"] == method
     assert pruned.metadata["skipped_nonfinite"] == {"de": 0, "es": 0}
     # a different seed is a different search: the equality above is not trivially true
-    assert main(["prune", "--recipe", str(recipe), "--seed", "4", "--out", str(tmp_path / "other")]) == 0
+    assert main(["masks", "prune", "--recipe", str(recipe), "--seed", "4", "--out", str(tmp_path / "other")]) == 0
     other = LanguageMasks.load(tmp_path / "other")
     assert any(not torch.equal(auto["es"][n], other["es"][n]) for n in auto.parameter_names)

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from lasp.cli import main
 from lasp.config.recipe import load_recipe
 from lasp.errors import DataError, MaskError
-from lasp.masks.language_masks import LanguageMasks, mask_file_name
+from lasp.masks.language_masks import LanguageMasks
+from lasp.masks.store import mask_file_name
 from test_train_support import FAST_MODEL, make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def test_mask_dir_with_files_but_no_config_is_never_overwritten(tmp_path, corpus
     before = tree_hashes(mine)
     with pytest.raises(MaskError, match=r"my-masks holds mask files \(masks\.es\.safetensors\) but no mask_config"):
         pretrain(tiny_recipe(corpus, tmp_path / "a", f"masks.dir={mine}"), progress=False)
-    assert main(["prune", "--model", "tiny", "--data", str(corpus["train"]), "--out", str(mine),
+    assert main(["masks", "prune", "--model", "tiny", "--data", str(corpus["train"]), "--out", str(mine),
                  "--min-utterances", "2"]) == 1
     assert tree_hashes(mine) == before
     assert not (tmp_path / "a" / "pretrain-lasp" / "checkpoints").exists()
@@ -150,7 +151,7 @@ def test_language_names_in_a_crafted_config_cannot_leave_the_folder(saved_set, t
 
 def test_prune_into_an_existing_set_keeps_other_languages_records(tmp_path, corpus, capsys):
     out = tmp_path / "set"
-    base = ["prune", "--model", "tiny", "--data", str(corpus["train"]), "--out", str(out), "--min-utterances", "2"]
+    base = ["masks", "prune", "--model", "tiny", "--data", str(corpus["train"]), "--out", str(out), "--min-utterances", "2"]
     assert main([*base, "--scorer", "magnitude", "--sparsity", "0.5"]) == 0
     before = tree_hashes(out)
     again = [*base, "--langs", "es", "--scorer", "random", "--sparsity", "0.9"]
@@ -184,7 +185,7 @@ def test_prune_checks_out_and_sparsity_before_scoring(tmp_path, corpus, capsys, 
     monkeypatch.setattr(lasp.search.methods, "load_search_model", never)
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    base = ["prune", "--model", "tiny", "--data", str(corpus["train"]), "--min-utterances", "2"]
+    base = ["masks", "prune", "--model", "tiny", "--data", str(corpus["train"]), "--min-utterances", "2"]
     for extra, expected in ((["--out", str(afile)], "is a file"),
                             (["--out", str(tmp_path / "m"), "--sparsity", "1.5"], "sparsity' must be in [0, 1)"),
                             (["--out", str(tmp_path / "m"), "--pattern", "4:2"], "--pattern must be")):
@@ -206,7 +207,7 @@ def test_a_stray_language_tag_does_not_become_a_sub_network(tmp_path, corpus, ca
         pretrain(cfg, progress=False)
     assert not (tmp_path / "a" / "pretrain-lasp" / "masks-lasp" / "mask_config.json").exists()
     capsys.readouterr()
-    assert main(["prune", "--model", "tiny", "--data", str(manifest), "--out", str(tmp_path / "m"),
+    assert main(["masks", "prune", "--model", "tiny", "--data", str(manifest), "--out", str(tmp_path / "m"),
                  "--min-utterances", "3"]) == 1
     assert "language 'xx' has 1 row(s), fewer than --min-utterances=3" in capsys.readouterr().err
     # a code that could name a path is refused where the manifest is read, with its line

@@ -5,7 +5,11 @@ from lasp.analysis.overlap import compute_overlap, iou, lass_overlap
 from lasp.analysis.overlap_report import OverlapResult, format_summary, overlap_analysis
 from lasp.analysis.params import format_markdown, parameter_table, write_parameter_report
 from lasp.analysis.plots import (
-    plot_dendrogram, plot_iou_heatmap, plot_layer_curves, plot_parameter_bars, plot_sharing_histogram,
+    plot_dendrogram,
+    plot_iou_heatmap,
+    plot_layer_curves,
+    plot_parameter_bars,
+    plot_sharing_histogram,
 )
 
 __all__ = [

@@ -32,8 +32,8 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from lasp.masks.bits import unpack_bits
 from lasp.errors import MaskError
+from lasp.masks.bits import unpack_bits
 from lasp.masks.targets import layer_index, module_kind
 
 KINDS = ("q", "k", "v", "out", "ffn-in", "ffn-out", "other")

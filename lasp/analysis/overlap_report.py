@@ -32,6 +32,7 @@ from lasp.analysis.overlap import GroupCounts, OverlapStats, compute_overlap, sp
 from lasp.analysis.plots import plot_dendrogram, plot_iou_heatmap, plot_layer_curves, plot_sharing_histogram
 from lasp.analysis.tables import fmt, format_table, write_csv, write_json, write_matrix_csv
 from lasp.errors import ConfigError
+from lasp.io import atomic_write
 
 
 @dataclass
@@ -123,8 +124,7 @@ def overlap_analysis(masks: Any, out_dir: str | os.PathLike | None = None,
         result.files = _write(stats, result, os.fspath(out_dir), plots)
     result.summary = format_summary(result)
     if out_dir is not None:
-        with open(result.files["summary"], "w", encoding="utf-8") as handle:
-            handle.write(result.summary + "\n")
+        atomic_write(result.files["summary"], result.summary + "\n")
     return result
 
 
@@ -216,3 +216,15 @@ def format_summary(result: OverlapResult, max_matrix: int = 12) -> str:
         width = max(len(k) for k in result.files)
         lines += [f"  {k.ljust(width)}  {v}" for k, v in result.files.items()]
     return "\n".join(lines)
+
+
+def specificity_summary(masks) -> str:
+    """How language-specific ``masks`` is, in two lines (:func:`lasp.analysis.overlap.specificity`): mean pairwise
+    IoU against random masks of the same per-tensor densities, and the share of kept weights unique to a language."""
+    if len(masks.languages) < 2:
+        return "specificity: needs at least two languages"
+    s = specificity(compute_overlap(masks))
+    return (f"specificity: mean pairwise IoU {s['mean_iou']:.3f} vs {s['mean_random_iou']:.3f} for random masks of "
+            f"the same densities (ratio {s['iou_ratio']:.2f}; 1 = chance, {s['max_iou_ratio']:.2f} = nested)\n"
+            f"kept weights unique to one language: {s['mean_unique_share']:.3f} on average "
+            f"(random masks: {s['mean_random_unique_share']:.3f})")

@@ -36,10 +36,15 @@ import torch.nn as nn
 import transformers
 from transformers import PretrainedConfig, Wav2Vec2Config
 
-from lasp.masks.bits import packed_shape
+from lasp.analysis.overlap import compute_overlap
+from lasp.analysis.plots import plot_parameter_bars
+from lasp.analysis.tables import format_table, write_csv, write_json
 from lasp.errors import ConfigError, MaskError
-from lasp.models.load import PRESETS, is_preset, preset_config
+from lasp.io import atomic_write
+from lasp.masks.bits import packed_shape
 from lasp.masks.targets import canonical_parameters, owner_module, select_targets
+from lasp.models.layout import model_dir
+from lasp.models.load import PRESETS, is_preset, preset_config
 
 COLUMNS = (
     "method", "setting", "languages", "shared_params", "per_language_params", "language_specific_params",
@@ -58,8 +63,6 @@ def resolve_config(model_name_or_config: Any) -> PretrainedConfig:
     if is_preset(name):
         return preset_config(name)
     if os.path.isdir(name):
-        from lasp.models.layout import model_dir
-
         name = os.fspath(model_dir(name))  # a trained system directory keeps its checkpoint in shared/
         if not os.path.isfile(os.path.join(name, "config.json")):
             raise ConfigError(f"{name}: no config.json; not a Hugging Face checkpoint directory")
@@ -253,8 +256,6 @@ def parameter_table(model_name_or_config: Any, n_languages: int | None = None, m
     extra: dict[str, Any] = {"mask_bits_per_language": bits}
     source = f"{len(shapes)} targeted tensors, bit-packed"
     if masks is not None:
-        from lasp.analysis.overlap import compute_overlap
-
         stats = compute_overlap(masks)
         unique = stats.unique_per_language
         extra["unique_weights_per_language"] = round(sum(unique) / len(unique))
@@ -307,8 +308,6 @@ def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[lis
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The parameter table as a GitHub markdown table."""
-    from lasp.analysis.tables import format_table
-
     header, body = display_rows(rows)
     return format_table(header, body, markdown=True)
 
@@ -316,14 +315,10 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_parameter_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
                            plots: bool = True) -> dict[str, str]:
     """``params.md``, ``params.csv``, ``params.json`` and (if ``plots``) ``params.png`` in ``out_dir``."""
-    from lasp.analysis.plots import plot_parameter_bars
-    from lasp.analysis.tables import write_csv, write_json
-
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     files = {"markdown": os.path.join(out_dir, "params.md")}
-    with open(files["markdown"], "w", encoding="utf-8") as handle:
-        handle.write(format_markdown(rows) + "\n")
+    atomic_write(files["markdown"], format_markdown(rows) + "\n")
     files["csv"] = write_csv(rows, os.path.join(out_dir, "params.csv"), COLUMNS)
     files["json"] = write_json(list(rows), os.path.join(out_dir, "params.json"))
     if plots:

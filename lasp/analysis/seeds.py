@@ -18,10 +18,12 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from lasp.analysis.tables import fmt, write_json
+from lasp.analysis.plots import plot_cer_by_language
 from lasp.analysis.stats import Comparison, aggregate, cer_interval, compare, group_languages
+from lasp.analysis.tables import fmt, write_json
 from lasp.analysis.utterances import LanguageScores, read_eval_dir
 from lasp.errors import ConfigError
+from lasp.io import atomic_write
 
 # (system, baseline, label): each is tested as the paired difference system − baseline
 CLAIMS = (("lasp", "shared", "lasp < shared"), ("lasp", "random", "lasp < random"),
@@ -179,11 +181,9 @@ def _write(summary: SeedSummary, out_dir: Path, plots: bool) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"markdown": str(out_dir / "seeds_summary.md"), "json": str(out_dir / "seeds_summary.json")}
     if plots:
-        from lasp.analysis.plots import plot_cer_by_language
-
         files["cer_by_language"] = plot_cer_by_language(summary.intervals, summary.languages,
                                                         out_dir / "cer_by_language.png")
-    Path(files["markdown"]).write_text(summary.markdown + "\n", encoding="utf-8")
+    atomic_write(files["markdown"], summary.markdown + "\n")
     write_json(summary.as_dict() | {"files": files}, files["json"])
     return files
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lasp.masks.bits import iou_packed
 from lasp.errors import MaskError
+from lasp.masks.bits import iou_packed
 
 
 def search_stability(a: Any, b: Any) -> dict[str, Any]:

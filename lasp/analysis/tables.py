@@ -6,10 +6,12 @@ Undefined ratios are NaN in memory; JSON has no NaN, so they are written as
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
+
+from lasp.io import atomic_write, atomic_write_json
 
 
 def _clean(value: Any) -> Any:
@@ -24,11 +26,7 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(data: Any, path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(_clean(data), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    return path
+    return os.fspath(atomic_write_json(path, _clean(data), allow_nan=False))
 
 
 def _cell(value: Any) -> Any:
@@ -42,24 +40,20 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, column
     path = os.fspath(path)
     if columns is None:
         columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(col)) for col in columns])
-    return path
+    return _write_rows(path, [list(columns), *([_cell(row.get(col)) for col in columns] for row in rows)])
 
 
 def write_matrix_csv(matrix: Sequence[Sequence[float]], labels: Sequence[str], path: str | os.PathLike,
                      corner: str = "language") -> str:
     """A labelled square matrix: first row and first column hold the labels."""
-    path = os.fspath(path)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([corner, *labels])
-        for label, row in zip(labels, matrix):
-            writer.writerow([label, *[_cell(round(v, 6) if isinstance(v, float) else v) for v in row]])
-    return path
+    return _write_rows(path, [[corner, *labels], *([label, *[_cell(round(v, 6) if isinstance(v, float) else v)
+                                                              for v in row]] for label, row in zip(labels, matrix))])
+
+
+def _write_rows(path: str | os.PathLike, rows) -> str:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return os.fspath(atomic_write(path, text.getvalue()))
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:

@@ -10,6 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from lasp.data.manifest import read_manifest
+from lasp.data.pipeline import make_dataset, make_loader, make_sampler, pretrain_collator
+from lasp.errors import ConfigError
+from lasp.models.features import feature_normalization
+from lasp.models.load import is_preset, preset_config
+
 
 @dataclass
 class Throughput:
@@ -30,12 +36,6 @@ class Throughput:
 def measure(cfg, manifest: str, *, workers: Sequence[int] = (0, 2), batches: int = 40) -> list[Throughput]:
     """Decode + collate throughput of ``batches`` batches of ``manifest`` for each worker count, with the
     recipe's data settings, pre-training collator and model (``model.name``: normalization, feature encoder)."""
-    from lasp.data.collate import feature_normalization
-    from lasp.data.pipeline import make_dataset, make_loader, make_sampler, pretrain_collator
-    from lasp.data.manifest import read_manifest
-    from lasp.errors import ConfigError
-    from lasp.models.load import is_preset, preset_config
-
     if batches < 2:
         raise ConfigError("--batches must be >= 2 (the first batch is not timed)")
     dataset = make_dataset(cfg.data, read_manifest(manifest))

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,9 +24,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lasp.masks.bits import pack_bits
 from lasp.errors import ConfigError
-from lasp.masked.kernels import masked_linear
+from lasp.io import atomic_write_json
+from lasp.masked.confine import ConfinedOptimizer
+from lasp.masked.kernels.linear import masked_linear
+from lasp.masked.kernels.native import status
+from lasp.masked.kernels.semi_structured import semi_structured_supported
+from lasp.masked.model import MaskedModel
+from lasp.masks.bits import pack_bits
+from lasp.masks.language_masks import LanguageMasks
+from lasp.masks.targets import select_targets
+from lasp.models.load import load_model
 
 XLSR_SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024))
 SIZES = ("auto", "ci", "full")
@@ -158,8 +165,6 @@ def _layer_rows(device, dtype, shapes, token_counts, warmup, repeats, density, s
 
 
 def _semi_structured_rows(device, weight, x, shape, tokens, warmup, repeats) -> list[BenchRow]:
-    from lasp.masked.kernels.semi_structured import semi_structured_supported
-
     if not semi_structured_supported(device):
         return [BenchRow("2:4", shape, tokens, "2:4 inference", note="skipped: needs a CUDA GPU with sparse "
                          "tensor cores")]
@@ -181,8 +186,8 @@ def _semi_structured_rows(device, weight, x, shape, tokens, warmup, repeats) -> 
 
 # ---------------------------------------------------------------------------------------------- whole steps
 def _pretrain_batch(model, batch_size: int, samples: int, seed: int, device) -> dict:
-    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
     import numpy as np
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     gen = torch.Generator().manual_seed(seed)
     frames = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
@@ -200,12 +205,6 @@ def _samples_for_tokens(tokens_per_example: int) -> int:
 
 
 def _step_rows(device, preset, batch_size, samples, warmup, repeats, density, seed, modes) -> list[BenchRow]:
-    from lasp.masked.confine import ConfinedOptimizer
-    from lasp.masked.model import MaskedModel
-    from lasp.masks.language_masks import LanguageMasks
-    from lasp.models.load import load_model
-    from lasp.masks.targets import select_targets
-
     torch.manual_seed(seed)
     model = load_model(preset, head="pretraining", layerdrop=0.0).to(device).train()
     gen = torch.Generator().manual_seed(seed)
@@ -370,8 +369,6 @@ def format_table(result: BenchResult | list[BenchRow]) -> str:
 
 
 def write_json(result: BenchResult | list[BenchRow], path: str, device: torch.device | str | None = None) -> None:
-    from lasp.masked.kernels.native import status
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = result.rows if isinstance(result, BenchResult) else result
@@ -379,5 +376,4 @@ def write_json(result: BenchResult | list[BenchRow], path: str, device: torch.de
     data = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_kernels": status(),
             "clock": "CUDA events" if device.type == "cuda" else "process CPU time",
             "rows": [asdict(r) for r in rows], "goals": [asdict(g) for g in goals]}
-    with open(path, "w") as fh:
-        json.dump(data, fh, indent=1)
+    atomic_write_json(path, data, indent=1)

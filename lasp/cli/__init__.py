@@ -1,47 +1,63 @@
 """The `lasp` command: a thin layer over importable functions.
 
-Each module in :mod:`lasp.cli` contributes subcommands through
-``register(subparsers)``; a subcommand's handler receives the parsed
-arguments and calls library functions. Modules are discovered, so adding a
-stage never means editing this file.
+:data:`lasp.cli.commands.COMMANDS` lists the commands in the order of the work and the module of this package
+that parses each; only the module of the command being run is imported (it imports the library it calls). A
+module's ``register(subparsers, name, help)`` adds that command's parser with a handler that receives the
+parsed arguments and calls library functions.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
-import pkgutil
 import shlex
 import sys
 
 from lasp import __version__
+from lasp.cli.commands import COMMANDS, RENAMED
+from lasp.cli.failures import describe_os_error, describe_unicode
 from lasp.errors import LaspError
-from lasp.cli.failures import describe_io_text, describe_os_error, describe_unicode
 from lasp.locks import released_after
 
+# `lasp bench` alone (and with options only) times training steps, as it always did
+_BENCH_ACTIONS = ("steps", "data", "-h", "--help")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def current_spelling(argv: list[str]) -> list[str]:
+    """``argv`` with an earlier spelling of a command replaced by today's (a one-line note says so)."""
+    for old, new in RENAMED.items():
+        if tuple(argv[:len(old)]) == old:
+            print(f"lasp: note: `lasp {' '.join(old)}` is now `lasp {' '.join(new)}`", file=sys.stderr)
+            return [*new, *argv[len(old):]]
+    if argv[:1] == ["bench"] and (len(argv) == 1 or argv[1] not in _BENCH_ACTIONS):
+        return ["bench", "steps", *argv[1:]]
+    return argv
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with ``command``'s own arguments when given (every other command is listed by name)."""
     parser = argparse.ArgumentParser(
         prog="lasp",
         description="Language-adaptive sparse sub-networks for cross-lingual speech models.",
     )
     parser.add_argument("--version", action="version", version=f"lasp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in ("analysis", "bench", "data", "export", "masks", "run", "train"):
-        importlib.import_module(f"lasp.cli.{name}").register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(f"lasp.cli.{module}").register(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def _quiet_bars_when_logged() -> None:
     """No tqdm control characters in a log: transformers' bars are off when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
+    if not sys.stderr.isatty() and "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def _command_line(argv: list[str] | None) -> str:
-    return shlex.join(["lasp", *(sys.argv[1:] if argv is None else argv)])
+def _command_line(argv: list[str]) -> str:
+    return shlex.join(["lasp", *argv])
 
 
 def _stdout_gone() -> None:
@@ -51,7 +67,10 @@ def _stdout_gone() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    argv = current_spelling(given)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -72,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         again = "resume with" if getattr(args, "resumable", False) else "run it again with"
         detail = str(err).strip()  # training may say at which step it stopped and where it saved
-        command = _command_line(argv)
-        line = f"{detail} ({again}: {command})" if detail else f"interrupted; {again}: {command}"
+        line = f"{detail} ({again}: {_command_line(given)})" if detail else \
+            f"interrupted; {again}: {_command_line(given)}"
         print(f"lasp {name}: {line}", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -89,12 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"lasp {name}: error: {describe_os_error(err)}", file=sys.stderr)
-        return 1
-    except Exception as err:  # a disk error that a compiled writer reports as its own exception type
-        line = None if debug else describe_io_text(err)
-        if line is None:
-            raise  # a bug, not the user's input: keep the traceback
-        print(f"lasp {name}: error: {line}", file=sys.stderr)
         return 1
     return int(result or 0)
 

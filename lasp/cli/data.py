@@ -4,7 +4,14 @@ from __future__ import annotations
 import logging
 import time
 
+from lasp.cli.options import add_existing_choice
 from lasp.config.schema import DataConfig
+from lasp.data.commonvoice import import_commonvoice
+from lasp.data.dataset import SpeechDataset
+from lasp.data.importers import import_hf_disk, import_table
+from lasp.data.manifest import read_manifest
+from lasp.data.synth import synthesize_corpus
+from lasp.data.text import Vocabulary
 from lasp.errors import ConfigError
 
 
@@ -23,8 +30,6 @@ def _columns(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _print_manifests(paths: dict[str, str]) -> None:
-    from lasp.data.manifest import read_manifest
-
     for split, path in paths.items():
         utts = read_manifest(path)
         hours = sum(u.duration or 0.0 for u in utts) / 3600
@@ -32,8 +37,6 @@ def _print_manifests(paths: dict[str, str]) -> None:
 
 
 def cmd_commonvoice(args) -> int:
-    from lasp.data.commonvoice import import_commonvoice
-
     paths = import_commonvoice(args.root, _langs(args.langs), args.out, copy_audio=args.copy_audio,
                                splits=_langs(args.splits), on_bad=args.on_bad, max_per_split=args.max_per_split,
                                existing=args.existing)
@@ -42,8 +45,6 @@ def cmd_commonvoice(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from lasp.data.importers import import_table
-
     paths = import_table(args.table, args.out, columns=_columns(args.column), lang=args.lang, split=args.split,
                          audio_root=args.audio_root, on_bad=args.on_bad, existing=args.existing)
     _print_manifests(paths)
@@ -51,8 +52,6 @@ def cmd_table(args) -> int:
 
 
 def cmd_hf(args) -> int:
-    from lasp.data.importers import import_hf_disk
-
     paths = import_hf_disk(args.path, args.out, columns=_columns(args.column), lang=args.lang, split=args.split,
                            audio_root=args.audio_root, on_bad=args.on_bad, existing=args.existing)
     _print_manifests(paths)
@@ -60,8 +59,6 @@ def cmd_hf(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from lasp.data.synth import synthesize_corpus
-
     langs = _langs(args.langs)
     start = time.perf_counter()
     paths = synthesize_corpus(
@@ -77,10 +74,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from lasp.data.dataset import SpeechDataset
-    from lasp.data.manifest import read_manifest
-    from lasp.data.text import Vocabulary
-
     vocab = Vocabulary.load(args.vocab) if args.vocab else None
     for path in args.manifests:
         ds = SpeechDataset(read_manifest(path), vocab=vocab, max_seconds=args.max_seconds, check=False,
@@ -99,34 +92,17 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from lasp.config.recipe import load_recipe
-    from lasp.bench.data import measure
-
-    overrides = [f"data.batch_size={args.batch_size}"] if args.batch_size else []
-    cfg = load_recipe(args.recipe, [*overrides, *args.overrides])
-    workers = [int(w) for w in _langs(args.workers)]
-    print(f"{args.manifest}: decode + collate ({args.batches} batches of {cfg.data.batch_size}, "
-          f"model {cfg.model.name})")
-    for result in measure(cfg, args.manifest, workers=workers, batches=args.batches):
-        print("  " + result.line())
-    return 0
-
-
-def register(sub) -> None:
+def register(sub, name: str, help_text: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    p = sub.add_parser("data", help="import corpora, synthesize the demo corpus, inspect manifests")
+    p = sub.add_parser(name, help=help_text, description=help_text)
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
     def bad_policy(q):
         q.add_argument("--on-bad", choices=["skip", "error"], default="skip",
                        help="skip (and count) rows with missing/unreadable audio, or stop at the first")
-        how = q.add_mutually_exclusive_group()
-        how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
-                         help="add these languages to manifests already in --out")
-        how.add_argument("--force", dest="existing", action="store_const", const="replace",
-                         help="replace manifests already in --out")
+        add_existing_choice(q, append="add these languages to manifests already in --out",
+                            force="replace manifests already in --out")
 
     q = dsub.add_parser("import-commonvoice", help="Common Voice release (ROOT/<lang>/{train,dev,test}.tsv, clips/)")
     q.add_argument("root")
@@ -186,13 +162,3 @@ def register(sub) -> None:
     q.add_argument("--decode", action="store_true", help="decode every file (finds NaN, silent, corrupt audio)")
     q.add_argument("--show", type=int, default=10, help="bad rows to list")
     q.set_defaults(handler=cmd_info)
-
-    q = dsub.add_parser("bench", help="decode + collate throughput (seconds of audio per second) per worker count")
-    q.add_argument("manifest")
-    q.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides, e.g. model.name=/path/to/xlsr-53 data.max_seconds=20")
-    q.add_argument("--recipe", help="recipe whose data, model and pre-training masking settings apply")
-    q.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
-    q.add_argument("--batches", type=int, default=40, help="batches per worker count (the first is not timed)")
-    q.add_argument("--batch-size", type=int, help="utterances per batch (data.batch_size)")
-    q.set_defaults(handler=cmd_bench)

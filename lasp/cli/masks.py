@@ -1,10 +1,20 @@
-"""`lasp masks info DIR` and `lasp prune ...`: make and inspect mask sets."""
+"""`lasp masks prune | info | overlap`: make a mask set, see what it holds, measure how much its languages share."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
-from lasp.cli.train import add_explain, print_explain
+from lasp.analysis.overlap_report import overlap_analysis, specificity_summary
+from lasp.analysis.stability import format_stability, search_stability
+from lasp.analysis.tables import write_json
+from lasp.cli.options import add_existing_choice
+from lasp.cli.recipe import add_explain, print_explain
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
+from lasp.masks.language_masks import LanguageMasks
+from lasp.search.checks import check_prune_request
+from lasp.search.methods import prune_to_dir
 
 
 def iou_table(masks) -> str:
@@ -17,8 +27,6 @@ def iou_table(masks) -> str:
 
 
 def masks_info(args: argparse.Namespace) -> int:
-    from lasp.masks.language_masks import LanguageMasks
-
     masks = LanguageMasks.load(args.mask_dir, languages=args.languages.split(",") if args.languages else None)
     meta = masks.metadata
     print(f"mask set {args.mask_dir}: base model {meta.get('base_model')}, scorer {meta.get('scorer')}, "
@@ -44,17 +52,10 @@ PRUNE_KEYS = {"method": "masks.method", "scorer": "masks.scorer", "sparsity": "m
 
 
 def prune_command(args: argparse.Namespace) -> int:
-    import json
-
     if args.explain:
         return print_explain()
     if not args.out:
-        raise ConfigError("lasp prune needs --out DIR (the mask-set directory to write)")
-
-    from lasp.config.recipe import load_recipe
-    from lasp.search.methods import prune_to_dir, specificity_summary
-    from lasp.search.checks import check_prune_request
-
+        raise ConfigError("lasp masks prune needs --out DIR (the mask-set directory to write)")
     # values are JSON (a YAML subset): strings stay strings ("2:4" is not read as the base-60 number 124)
     overrides = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in PRUNE_KEYS.items()
                  if getattr(args, flag) is not None]
@@ -78,16 +79,27 @@ def prune_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("masks", help="inspect mask sets")
+def overlap_command(args: argparse.Namespace) -> int:
+    languages = [l for l in args.languages.split(",") if l] if args.languages else None
+    masks = LanguageMasks.load(args.mask_dir, languages=languages)
+    result = overlap_analysis(masks, args.out, families=args.families, n_permutations=args.permutations,
+                              seed=args.seed, plots=not args.no_plots, progress=True)
+    print(f"mask set {args.mask_dir}")
+    print(result.summary)
+    if args.against:
+        stability = search_stability(masks, LanguageMasks.load(args.against, languages=languages))
+        path = write_json({"against": args.against, **stability}, os.path.join(args.out, "stability.json"))
+        print(f"against {args.against} ({path}):")
+        print(format_stability(stability))
+    return 0
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
     msub = p.add_subparsers(dest="masks_command", metavar="ACTION")
-    info = msub.add_parser("info", help="languages, density per language, pairwise IoU")
-    info.add_argument("mask_dir")
-    info.add_argument("--languages", help="comma-separated subset to load")
-    info.set_defaults(handler=masks_info)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
-    q = sub.add_parser("prune", help="score every language of a manifest and write its mask set",
+    q = msub.add_parser("prune", help="score every language of a manifest and write its mask set",
                        description="Search a mask set exactly as pretrain/finetune search it for the same recipe: "
                                    "flags override the recipe's keys (masks.*, data.*, seed, model.name).")
     q.add_argument("--recipe", help="YAML recipe whose masks/data/pretrain masking settings apply (default: none)")
@@ -118,10 +130,26 @@ def register(sub) -> None:
     q.add_argument("--on-bad", choices=["skip", "error"], help="policy for unusable rows (data.on_bad)")
     q.add_argument("--seed", type=int)
     q.add_argument("--min-utterances", type=int, help="rows a language needs to get a mask (masks.min_utterances)")
-    how = q.add_mutually_exclusive_group()
-    how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
-                     help="--out holds a mask set: add (or replace) these languages, keep the others")
-    how.add_argument("--force", dest="existing", action="store_const", const="replace",
-                     help="--out holds a mask set: replace it")
+    add_existing_choice(q, append="--out holds a mask set: add (or replace) these languages, keep the others",
+                        force="--out holds a mask set: replace it")
     add_explain(q)
     q.set_defaults(handler=prune_command)
+
+    info = msub.add_parser("info", help="languages, density per language, pairwise IoU")
+    info.add_argument("mask_dir")
+    info.add_argument("--languages", help="comma-separated subset to load")
+    info.set_defaults(handler=masks_info)
+
+    o = msub.add_parser("overlap", help="how much language masks share: IoU, LaSS overlap, clustering, plots")
+    o.add_argument("mask_dir", help="mask-set directory (mask_config.json + masks.<lang>.safetensors)")
+    o.add_argument("--out", required=True, help="directory for the CSV/JSON tables and PNG plots")
+    o.add_argument("--families", help="YAML/JSON map language → family: within- vs across-family IoU, "
+                                      "permutation test")
+    o.add_argument("--languages", help="comma-separated subset of the mask set's languages")
+    o.add_argument("--permutations", type=int, default=2000, help="permutations for the family test")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--no-plots", action="store_true", help="tables only")
+    o.add_argument("--against", metavar="MASK_DIR",
+                   help="a second search of the same languages (e.g. another --seed): is each language's mask "
+                        "closer to its own repeat than to the other languages' masks? (stability.json)")
+    o.set_defaults(handler=overlap_command)

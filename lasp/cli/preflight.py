@@ -11,10 +11,9 @@ from pathlib import Path
 
 from lasp.config.recipe import RecipeConfig, stage_run_dir
 from lasp.errors import ConfigError, DataError
-
-# what transformers' from_pretrained reads; lasp never loads TF/Flax weights
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+from lasp.io import read_text
+from lasp.models.load import check_model_source
+from lasp.train.finetune import finetune_init
 
 
 def check_text_file(key: str, path: str | os.PathLike) -> None:
@@ -24,29 +23,7 @@ def check_text_file(key: str, path: str | os.PathLike) -> None:
         raise DataError(f"{key}: {p} not found")
     if not p.is_file():
         raise DataError(f"{key}: {p} is a folder; give the manifest file (e.g. {p / 'train.jsonl'})")
-    data = p.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{key}: {p}: not UTF-8 text (line {line}, byte 0x{data[err.start]:02x}); "
-                        "save the file as UTF-8 (e.g. iconv -t UTF-8)") from None
-
-
-def check_model_source(key: str, name: str) -> None:
-    """A model folder holds config.json and weights (presets and missing folders are load_model's to judge)."""
-    from lasp.models.load import is_preset
-    from lasp.models.layout import model_dir
-
-    p = Path(name)
-    if is_preset(name) or not p.is_dir():
-        return
-    p = model_dir(p)  # a trained system directory keeps its checkpoint in shared/
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"{key}: {p} has no config.json; give a Hugging Face model folder or a preset")
-    if not any((p / w).is_file() for w in WEIGHT_FILES):
-        raise ConfigError(f"{key}: {p} has config.json but no weights (model.safetensors or pytorch_model.bin); "
-                          "copy the whole Hugging Face model folder (README, 'Models'), or convert a fairseq .pt")
+    read_text(p, key)
 
 
 def check_output_dir(key: str, path: str | os.PathLike) -> None:
@@ -81,10 +58,7 @@ def check_stage(cfg: RecipeConfig, stage: str) -> None:
         if stage == "pretrain":
             check_model_source("pretrain.init" if sc.init else "model.name", sc.init or cfg.model.name)
         else:
-            from lasp.train.finetune import finetune_init
-
-            init = finetune_init(cfg)
-            init = init[0] if isinstance(init, tuple) else init  # (start point, why) in newer versions
+            init, _ = finetune_init(cfg)
             check_model_source("finetune.init" if sc.init else "model.name", init)
         check_output_dir(f"{stage}.run_dir" if sc.run_dir else "output_dir", stage_run_dir(cfg, stage))
         if cfg.masks.dir and sc.system == "lasp" and not (Path(cfg.masks.dir) / "mask_config.json").is_file():

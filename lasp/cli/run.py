@@ -3,23 +3,21 @@ from __future__ import annotations
 
 import argparse
 
-from lasp.cli.train import add_explain, print_explain
+from lasp.cli.preflight import check_output_dir, check_output_file
+from lasp.cli.recipe import add_explain, print_explain
+from lasp.config.recipe import load_recipe
+from lasp.run.runner import clean, demo_recipe_path, report_from_outputs, run
 
 DEFAULT_RECIPE = "demo"
 
 
 def _load(args: argparse.Namespace):
-    from lasp.config.recipe import load_recipe
-    from lasp.run.runner import demo_recipe_path
-
     recipe = args.recipe or demo_recipe_path()
     return load_recipe(recipe, args.overrides)
 
 
 def _check_outputs(cfg) -> None:
     """Output paths usable before the first stage starts (one line naming the key otherwise)."""
-    from lasp.cli.preflight import check_output_dir, check_output_file
-
     check_output_dir("output_dir", cfg.output_dir)
     settings = cfg.extra.get("run")
     if settings is not None:
@@ -30,8 +28,6 @@ def _check_outputs(cfg) -> None:
 def run_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.run.runner import clean, run
-
     cfg = _load(args)
     _check_outputs(cfg)
     if args.fresh:
@@ -43,8 +39,6 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.run.runner import report_from_outputs
-
     print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
     return 0
 
@@ -56,12 +50,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     add_explain(p)
 
 
-def register(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline: corpus, base model, masks, language-adaptive "
-                                   "pre-training, fine-tuning and evaluation of every system, report")
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
     _add_common(p)
-    p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
-    p.set_defaults(handler=run_command, resumable=True)  # finished stages are skipped on a rerun
-    r = sub.add_parser("report", help="(re)write the report of a `lasp run` from its stage outputs")
-    _add_common(r)
-    r.set_defaults(handler=report_command)
+    if name == "run":
+        p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
+        p.set_defaults(handler=run_command, resumable=True)  # finished stages are skipped on a rerun
+    else:
+        p.set_defaults(handler=report_command)

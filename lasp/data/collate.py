@@ -2,7 +2,8 @@
 
 Scoring, IMP, random masks, pre-training, fine-tuning and evaluation all pad and normalize audio here, so a
 waveform becomes the same ``input_values`` whichever stage sees it. Normalization follows the checkpoint's
-feature-extractor config (``do_normalize`` in ``preprocessor_config.json``, see :func:`feature_normalization`);
+feature-extractor config (``do_normalize`` in ``preprocessor_config.json``, see
+:func:`lasp.models.features.feature_normalization`);
 the attention mask follows the model config (layer-norm feature encoders such as XLSR get one; group-norm
 models are fed zero padding without a mask, as transformers recommends).
 
@@ -19,9 +20,7 @@ state is left untouched.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import zlib
 from typing import Sequence
 
@@ -31,46 +30,6 @@ import torch
 from lasp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
-# Presets (random weights, no feature-extractor config) normalize like XLSR-53 / wav2vec 2.0 large, whose
-# preprocessor_config.json says do_normalize: true; so does transformers' Wav2Vec2FeatureExtractor default.
-PRESET_NORMALIZE = True
-
-
-def feature_normalization(name_or_path: str) -> bool:
-    """Whether ``input_values`` are normalized per utterance for this model (``do_normalize``).
-
-    A checkpoint directory's ``preprocessor_config.json`` decides; a preset, or a directory without that file,
-    uses :data:`PRESET_NORMALIZE` (and says so in the log, since a real checkpoint should carry its config).
-    """
-    from lasp.models.layout import model_dir
-
-    if os.path.isdir(str(name_or_path)):  # a lasp system directory keeps its checkpoint in shared/
-        name_or_path = model_dir(name_or_path)
-    path = os.path.join(str(name_or_path), FEATURE_EXTRACTOR_FILE)
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = json.load(fh).get("do_normalize", True)
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: unreadable feature-extractor config ({err})") from None
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: do_normalize must be true or false, got {value!r}")
-        return value
-    if os.path.isdir(str(name_or_path)):
-        log.warning("%s has no %s: normalizing audio per utterance (do_normalize=%s, the wav2vec 2.0 default)",
-                    name_or_path, FEATURE_EXTRACTOR_FILE, PRESET_NORMALIZE)
-    return PRESET_NORMALIZE
-
-
-def save_feature_extractor(directory: str, config, normalize: bool) -> None:
-    """Write the ``preprocessor_config.json`` a model directory's inputs were made with (read back above)."""
-    from transformers import Wav2Vec2FeatureExtractor
-
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=normalize,
-                             return_attention_mask=wants_attention_mask(config)).save_pretrained(directory)
-
 
 def wants_attention_mask(config) -> bool:
     return getattr(config, "feat_extract_norm", "layer") == "layer"

@@ -15,9 +15,10 @@ from typing import Iterable, Mapping
 
 from lasp.data.audio import AudioError, audio_info
 from lasp.data.dataset import BadRow, DataReport
-from lasp.data.manifest import Utterance, write_manifest
+from lasp.data.manifest import Utterance, manifest_text, read_manifest, write_manifest
 from lasp.errors import ConfigError, DataError
 from lasp.languages import LANG_PATTERN
+from lasp.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ def check_existing(out_dir: str, splits: Iterable[str], existing: str) -> None:
 
 def _append_manifest(path: str, utts: list[Utterance]) -> str:
     """Add rows to an existing manifest: its bytes stay as they are, the new rows follow (atomic replace)."""
-    from lasp.data.manifest import read_manifest
-
     have = sorted({u.lang for u in read_manifest(path)})
     again = sorted({u.lang for u in utts} & set(have))
     if again:
@@ -83,17 +82,8 @@ def _append_manifest(path: str, utts: list[Utterance]) -> str:
                         "duplicate rows (use --force to replace the manifest)")
     with open(path, "rb") as fh:
         old = fh.read()
-    tmp_rows = f"{path}.new{os.getpid()}"
-    write_manifest(tmp_rows, utts)  # same folder, so relative audio paths mean the same
-    try:
-        with open(tmp_rows, "rb") as fh:
-            new = fh.read()
-    finally:
-        os.remove(tmp_rows)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(old + (b"" if not old or old.endswith(b"\n") else b"\n") + new)
-    os.replace(tmp, path)
+    new = manifest_text(utts, os.path.dirname(os.path.abspath(path))).encode("utf-8")
+    atomic_write(path, old + (b"" if not old or old.endswith(b"\n") else b"\n") + new)
     return path
 
 

@@ -6,6 +6,7 @@ problem with it can be reported as ``train.jsonl:412 (clips/x.mp3)``.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from lasp.errors import DataError
+from lasp.io import atomic_write, read_text
 from lasp.languages import check_language_code
 
 REQUIRED_KEYS = ("audio", "text", "lang")
@@ -56,15 +58,15 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
         raise DataError(f"{path}: manifest not found")
     base = os.path.dirname(os.path.abspath(path))
     utts: list[Utterance] = []
-    with open(path, encoding="utf-8") as fh:
-        for row, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{row}: malformed JSON ({err.msg} at column {err.colno})") from None
-            utts.append(_parse_row(obj, path, row, base))
+    # universal newlines, as a file opened in text mode reads them (a JSON string may hold U+2028)
+    for row, line in enumerate(io.StringIO(read_text(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{row}: malformed JSON ({err.msg} at column {err.colno})") from None
+        utts.append(_parse_row(obj, path, row, base))
     return utts
 
 
@@ -100,12 +102,13 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> str:
     path = os.fspath(path)
     base = os.path.dirname(os.path.abspath(path))
     os.makedirs(base, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for utt in utts:
-            fh.write(json.dumps(utterance_to_dict(utt, base), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, manifest_text(utts, base))
     return path
+
+
+def manifest_text(utts: Iterable[Utterance], base: str) -> str:
+    """The JSONL lines of ``utts`` for a manifest in folder ``base``."""
+    return "".join(json.dumps(utterance_to_dict(utt, base), ensure_ascii=False) + "\n" for utt in utts)
 
 
 def utterance_to_dict(utt: Utterance, base: str | None = None) -> dict:

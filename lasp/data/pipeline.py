@@ -13,13 +13,16 @@ from typing import Iterable, Sequence
 import torch
 
 from lasp.config.schema import DataConfig
+from lasp.data.collate import CTCCollator, PretrainCollator
+from lasp.data.dataset import SpeechDataset
+from lasp.data.manifest import read_manifest
+from lasp.data.sampler import LanguageBatchSampler
+from lasp.data.text import Vocabulary, normalize_text
 from lasp.errors import ConfigError, DataError
 
 
 def read_split(data: DataConfig, split: str, languages: Sequence[str] | None = None):
     """The utterances of ``data.<split>`` restricted to ``languages`` (or data.languages)."""
-    from lasp.data.manifest import read_manifest
-
     path = getattr(data, split)
     if not path:
         raise ConfigError(f"key 'data.{split}' is required here (a manifest path)")
@@ -38,8 +41,6 @@ def read_split(data: DataConfig, split: str, languages: Sequence[str] | None = N
 
 def load_vocab(data: DataConfig, train_utts, fallback_dir: str | Path):
     """The shared character vocabulary: data.vocab if it holds one, else built from the training text and saved."""
-    from lasp.data.text import Vocabulary, normalize_text
-
     target = Path(data.vocab) if data.vocab else Path(fallback_dir)
     if (target / "vocab.json").is_file():
         return Vocabulary.load(target)
@@ -50,8 +51,6 @@ def load_vocab(data: DataConfig, train_utts, fallback_dir: str | Path):
 
 def make_dataset(data: DataConfig, utts, vocab=None):
     """Training data: rows longer than data.max_seconds (or unspellable with ``vocab``) are skipped and counted."""
-    from lasp.data.dataset import SpeechDataset
-
     ds = SpeechDataset(utts, vocab=vocab, on_bad=data.on_bad, max_seconds=data.max_seconds)
     if len(ds) == 0:
         raise DataError(f"no usable utterances in {utts[0].source if utts else 'the manifest'}")
@@ -60,8 +59,6 @@ def make_dataset(data: DataConfig, utts, vocab=None):
 
 def make_sampler(data: DataConfig, dataset, seed: int, rank: int = 0, world_size: int = 1,
                  mixed: bool | None = None):
-    from lasp.data.sampler import LanguageBatchSampler
-
     return LanguageBatchSampler(list(dataset.langs), list(dataset.durations), batch_size=data.batch_size,
                                 max_batch_seconds=data.max_batch_seconds, alpha=data.alpha,
                                 mixed=data.mixed if mixed is None else mixed, seed=seed, rank=rank,
@@ -88,14 +85,10 @@ def recipe_loader(data: DataConfig, dataset, batches, collator, device: torch.de
 
 def pretrain_collator(cfg, model_config, normalize: bool):
     """Pre-training batches with the recipe's span masking and negatives (pretrain.*), seeded by ``cfg.seed``."""
-    from lasp.data.collate import PretrainCollator
-
     p = cfg.pretrain
     return PretrainCollator(model_config, mask_time_prob=p.mask_time_prob, mask_time_length=p.mask_time_length,
                             num_negatives=p.num_negatives, normalize=normalize, seed=cfg.seed)
 
 
 def ctc_collator(model_config, vocab, normalize: bool):
-    from lasp.data.collate import CTCCollator
-
     return CTCCollator(model_config, pad_id=vocab.pad_id, normalize=normalize)

@@ -22,9 +22,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import soundfile as sf
 
+from lasp.data import espeak
 from lasp.data.audio import SAMPLE_RATE
+from lasp.data.espeak import VOICE_NAMES, engine, voice_for
 from lasp.data.manifest import Utterance, split_manifests, write_manifest
+from lasp.data.text import normalize_text
 from lasp.errors import ConfigError, DataError
+from lasp.io import atomic_write_json
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "synth.json"
@@ -36,8 +40,6 @@ _CHUNK = 16  # utterances per worker process (see _Renderer)
 def check_languages(langs: Sequence[str]) -> None:
     """DataError naming each language that wordfreq or espeak-ng lacks."""
     import wordfreq
-
-    from lasp.data.espeak import voice_for
 
     available = wordfreq.available_languages()
     for lang in langs:
@@ -56,8 +58,6 @@ def _wordfreq_languages() -> set[str]:
 def word_list(lang: str, size: int = VOCAB_SIZE) -> tuple[list[str], np.ndarray]:
     """The ``size`` most frequent alphabetic words and sampling weights (Zipf, flattened by a square root)."""
     import wordfreq
-
-    from lasp.data.text import normalize_text
 
     # Single letters are only kept among the very top words (Spanish "y", Polish "w"); lower down they are
     # mostly abbreviations that espeak-ng spells out, which would not match the transcript.
@@ -87,8 +87,6 @@ def _utterance_spec(lang: str, split: str, index: int, seed: int, words, weights
 def _render(spec: dict, out_dir: str) -> tuple[str, float]:
     """Synthesize one utterance to FLAC; returns (path, seconds)."""
     import soxr
-
-    from lasp.data.espeak import VOICE_NAMES, engine
 
     eng = engine()
     voice = VOICE_NAMES.get(spec["lang"], spec["lang"]) + (f"+{spec['variant']}" if spec["variant"] else "")
@@ -126,8 +124,6 @@ class _Renderer:
 
     def __init__(self, out_dir: str, workers: int):
         import multiprocessing
-
-        from lasp.data import espeak
 
         self.out_dir = out_dir
         methods = multiprocessing.get_all_start_methods()
@@ -317,11 +313,8 @@ def _read_record(out_dir: str) -> dict | None:
 
 
 def _write_record(out_dir: str, settings: dict, files: list[str], complete: bool) -> None:
-    path = os.path.join(out_dir, SETTINGS_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"settings": settings, "complete": complete, "files": sorted(set(files))}, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(os.path.join(out_dir, SETTINGS_FILE),
+                      {"settings": settings, "complete": complete, "files": sorted(set(files))}, indent=1)
 
 
 def _round_size(seconds: float) -> int:

@@ -13,6 +13,7 @@ import unicodedata
 from typing import Iterable, Sequence
 
 from lasp.errors import DataError
+from lasp.io import atomic_write_json
 
 PAD, UNK, WORD_DELIMITER = "<pad>", "<unk>", "|"
 SPECIAL_TOKENS = (PAD, UNK, WORD_DELIMITER)
@@ -100,8 +101,7 @@ class Vocabulary:
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, "vocab.json")
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(self.index, fh, ensure_ascii=False, indent=1)
+        atomic_write_json(path, self.index, indent=1, ensure_ascii=False)
         return path
 
     @classmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 from typing import Iterable, Sequence
 
@@ -20,14 +19,12 @@ import torch.nn as nn
 
 from lasp.masks.bits import union_packed, unpack_bits
 from lasp.errors import MaskError
-from lasp.masked.kernels import MODES, resolve_mode
+from lasp.masked.kernels.linear import MODES, resolve_mode
 from lasp.masked.kernels.native import status as native_status
 from lasp.masked.layers import MaskedForward, MaskedLinear, Route
 from lasp.masks.language_masks import LanguageMasks
 from lasp.masks.targets import canonical_parameters, owner_module, select_targets
 
-WRAPPER_CONFIG = "masked_model.json"
-MASKS_SUBDIR = "masks"
 _UNION_CACHE_SIZE = 16  # packed unions (1 bit per targeted weight each)
 
 
@@ -234,39 +231,6 @@ class MaskedModel(nn.Module):
         """Put plain ``nn.Linear`` modules back (sharing the same Parameter objects) and return the shared model."""
         self._uninstall()
         return self.model
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """The shared model as a HF checkpoint in ``directory`` and the mask set in ``directory/masks``."""
-        directory = os.fspath(directory)
-        self.model.save_pretrained(directory)  # masks are non-persistent buffers: not in the state_dict
-        self.masks.subset(self.languages).save(os.path.join(directory, MASKS_SUBDIR))
-        with open(os.path.join(directory, WRAPPER_CONFIG), "w") as fh:
-            json.dump({"targets": list(self._targets), "mode": self.mode, "languages": self.languages}, fh,
-                      indent=2)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, head: str | None = None,
-                        languages: Iterable[str] | None = None, mode: str | None = None) -> "MaskedModel":
-        from lasp.models.load import load_model
-
-        directory = os.fspath(directory)
-        wrapper_path = os.path.join(directory, WRAPPER_CONFIG)
-        if not os.path.isfile(wrapper_path):
-            raise MaskError(f"{directory} was not written by MaskedModel.save_pretrained ({WRAPPER_CONFIG} missing)")
-        with open(wrapper_path) as fh:
-            wrapper = json.load(fh)
-        if head is None:
-            with open(os.path.join(directory, "config.json")) as fh:
-                arch = (json.load(fh).get("architectures") or [""])[0]
-            head = "ctc" if arch.endswith("ForCTC") else "pretraining" if arch.endswith("ForPreTraining") else "base"
-        model = load_model(directory, head=head)
-        masks = LanguageMasks.load(os.path.join(directory, MASKS_SUBDIR), languages)
-        saved_mode = wrapper.get("mode", "auto")
-        if saved_mode not in MODES:  # "fused" (the removed Triton kernels) in directories written before
-            saved_mode = "auto"
-        return cls(model, masks, target_modules=[f"^{n.replace('.', '[.]')}$" for n in wrapper["targets"]],
-                   mode=mode or saved_mode)
 
     def summary(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())

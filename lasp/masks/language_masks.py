@@ -25,14 +25,12 @@ from lasp import __version__
 from lasp.masks.bits import intersection_packed, iou_packed, pack_bits, packed_shape, popcount, union_packed, unpack_bits
 from lasp.errors import MaskError
 from lasp.locks import locked
-from lasp.io import sha256_file
+from lasp.io import atomic_path, atomic_write_json, sha256_file
 from lasp.masks.provenance import legacy_record, mask_record
 from lasp.masks.targets import canonical_parameters
 
-# on-disk format helpers live in lasp.masks.store; re-exported here, where users look for them
-from lasp.masks.store import (CONFIG_NAME, FORMAT, FORMAT_VERSION, _atomic_write_json, _check_counts,  # noqa: F401
-                             _check_language_code, _merge_old, _read_config, _read_tensors, check_mask_dir,
-                             mask_file_name, mask_files_in, read_config, remove_mask_set)
+from lasp.masks.store import (CONFIG_NAME, FORMAT, FORMAT_VERSION, _check_counts, _check_language_code, _merge_old,
+                              _read_config, _read_tensors, check_mask_dir, mask_file_name)
 
 
 class LanguageMasks:
@@ -247,13 +245,11 @@ class LanguageMasks:
                 _merge_old(config, old)
             config["checksums"] = dict(config.get("checksums", {}))
             for lang in self.languages:
-                path = os.path.join(directory, mask_file_name(lang))
-                tmp = path + f".tmp{os.getpid()}"
-                save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
-                          metadata={"format": FORMAT, "language": lang})
-                config["checksums"][lang] = sha256_file(tmp)
-                os.replace(tmp, path)
-            _atomic_write_json(existing_path, config)
+                with atomic_path(os.path.join(directory, mask_file_name(lang))) as tmp:
+                    save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
+                              metadata={"format": FORMAT, "language": lang})
+                    config["checksums"][lang] = sha256_file(tmp)
+            atomic_write_json(existing_path, config)
         return directory
 
     @classmethod
@@ -286,5 +282,5 @@ class LanguageMasks:
                 raise MaskError(f"{path}: corrupt or changed: its sha256 differs from the one {CONFIG_NAME} "
                                 "records; restore the file or search this language's mask again")
             masks._packed[lang] = masks._checked(lang, _read_tensors(path), where=path)
-            _check_counts(masks, lang, config, path)
+            _check_counts(masks.kept(lang), masks.sparsity(lang), lang, config, path)
         return masks

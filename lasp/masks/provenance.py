@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 from lasp import __version__
 from lasp.errors import MaskError
 from lasp.io import sha256_file
+from lasp.masks.targets import select_targets
 
 # Weight files of a local model folder whose bytes identify the base model.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -43,8 +44,6 @@ def targeted_weights_sha256(model, targets=None) -> str:
     weights; it identifies base models that have no weight files (presets built from a seed).
     """
     import torch
-
-    from lasp.masks.targets import select_targets
 
     h = hashlib.sha256()
     for name, p in sorted(select_targets(model, targets).items()):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 from safetensors import safe_open
@@ -54,15 +53,6 @@ def check_mask_dir(directory: str | os.PathLike | None) -> None:
                             "(or --out) at another folder, or restore the config")
 
 
-def _atomic_write_json(path: str, data: dict) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def _merge_old(config: dict, old: dict) -> None:
     """Keep an existing set's other languages with their own records; set-wide fields only when uniform."""
     old_records = old.get("provenance") or {}
@@ -87,16 +77,15 @@ def _merge_old(config: dict, old: dict) -> None:
             config[key] = values[0] if key != "requested_sparsity" else config.get(key)
 
 
-def _check_counts(masks: "LanguageMasks", lang: str, config: dict, path: str) -> None:
-    """The kept count (and the sparsity it implies) must be what was recorded when the set was written."""
-    kept = masks.kept(lang)
+def _check_counts(kept: int, sparsity_now: float, lang: str, config: dict, path: str) -> None:
+    """A language's kept count (and the sparsity it implies) must be what was recorded when the set was written."""
     recorded = (config.get("kept") or {}).get(lang)
     if recorded is not None and int(recorded) != kept:
         raise MaskError(f"{path}: keeps {kept} weights but {CONFIG_NAME} records {recorded} (the file was "
                         "changed or is corrupt)")
     sparsity = (config.get("sparsity") or {}).get(lang)
-    if sparsity is not None and abs(masks.sparsity(lang) - float(sparsity)) > 1e-6:
-        raise MaskError(f"{path}: sparsity is {masks.sparsity(lang):.6f} but {CONFIG_NAME} records "
+    if sparsity is not None and abs(sparsity_now - float(sparsity)) > 1e-6:
+        raise MaskError(f"{path}: sparsity is {sparsity_now:.6f} but {CONFIG_NAME} records "
                         f"{float(sparsity):.6f} (the file was changed or is corrupt)")
 
 

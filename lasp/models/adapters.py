@@ -26,17 +26,11 @@ from safetensors.torch import load_file, save_file
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2AttnAdapterLayer
 
 from lasp.errors import ConfigError
+from lasp.io import atomic_write_json
+from lasp.models.load import encoder_layers
 
 ADAPTERS_FILE = "adapters.safetensors"
 ADAPTERS_CONFIG = "adapters.json"
-
-
-def _encoder_layers(model: nn.Module) -> nn.ModuleList:
-    backbone = getattr(model, "wav2vec2", None) or getattr(model, "base_model", model)
-    layers = getattr(getattr(backbone, "encoder", None), "layers", None)
-    if layers is None:
-        raise ConfigError(f"{type(model).__name__} has no encoder.layers to attach adapters to")
-    return layers
 
 
 class LanguageAdapters(nn.Module):
@@ -49,7 +43,7 @@ class LanguageAdapters(nn.Module):
         self.model = model
         self.dim = int(dim)
         self.freeze_base = bool(freeze_base)
-        layers = _encoder_layers(model)
+        layers = encoder_layers(model)
         cfg = copy.deepcopy(model.config)
         cfg.adapter_attn_dim = self.dim
         self.adapters = nn.ModuleDict({
@@ -108,8 +102,8 @@ class LanguageAdapters(nn.Module):
         os.makedirs(directory, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.adapters.state_dict().items()},
                   os.path.join(directory, ADAPTERS_FILE))
-        with open(os.path.join(directory, ADAPTERS_CONFIG), "w") as fh:
-            json.dump({"languages": self.languages, "dim": self.dim, "freeze_base": self.freeze_base}, fh, indent=2)
+        atomic_write_json(os.path.join(directory, ADAPTERS_CONFIG),
+                          {"languages": self.languages, "dim": self.dim, "freeze_base": self.freeze_base})
 
     @classmethod
     def load(cls, model: nn.Module, directory: str | os.PathLike) -> "LanguageAdapters":

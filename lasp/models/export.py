@@ -14,22 +14,24 @@ and its logits equal the masked model's for es.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from lasp.data.text import Vocabulary
 from lasp.errors import ConfigError
-from lasp.data.collate import feature_normalization, save_feature_extractor
+from lasp.io import atomic_write_json
+from lasp.masked.model import MaskedModel
+from lasp.models.adapters import LanguageAdapters
+from lasp.models.features import feature_normalization, save_feature_extractor
 from lasp.models.layout import SHARED_SUBDIR, model_dir
+from lasp.models.system import System
+
 
 def language_model(system, lang: str) -> torch.nn.Module:
     """A plain Wav2Vec2ForCTC that computes what ``system`` computes for ``lang`` (a copy; system untouched)."""
-    from lasp.models.adapters import LanguageAdapters
-    from lasp.masked.model import MaskedModel
-
     wrapper = system.wrapper
     if wrapper is not None and lang not in wrapper.languages:
         raise ConfigError(f"system {system.name!r} has no language {lang!r} (it has {', '.join(wrapper.languages)})")
@@ -70,15 +72,12 @@ def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_
     model.save_pretrained(os.fspath(out_dir))
     vocab.tokenizer(out_dir).save_pretrained(os.fspath(out_dir))
     save_feature_extractor(os.fspath(out_dir), model.config, do_normalize)
-    (out_dir / "lasp_export.json").write_text(json.dumps({"language": lang, "system": system.name}, indent=2) + "\n")
+    atomic_write_json(out_dir / "lasp_export.json", {"language": lang, "system": system.name})
     return out_dir
 
 
 def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """``lasp export``: ``run`` is a fine-tuned system directory (``final/``) or a stage run directory holding one."""
-    from lasp.data.text import Vocabulary
-    from lasp.models.trained import load_trained
-
     system_dir = _system_dir(Path(run))
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -87,7 +86,7 @@ def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *,
         shutil.rmtree(out_dir)
     if not (system_dir / "vocab.json").is_file():
         raise ConfigError(f"{system_dir} has no vocab.json; export a fine-tuned (CTC) system")
-    system = load_trained(system_dir, head="ctc")
+    system = System.from_pretrained(system_dir, head="ctc")
     system.train(False)
     return export_language(system, Vocabulary.load(system_dir), lang, out_dir,
                            do_normalize=feature_normalization(system_dir))

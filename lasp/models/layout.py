@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from lasp.errors import ConfigError
+
 SYSTEM_FILE = "lasp_system.json"
 SHARED_SUBDIR = "shared"
 MASKS_SUBDIR = "masks"
@@ -31,8 +33,6 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / SYSTEM_FILE
     if not path.is_file():
         return None
-    from lasp.errors import ConfigError
-
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

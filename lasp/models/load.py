@@ -7,16 +7,29 @@ timings can be checked without their weights.
 """
 from __future__ import annotations
 
+import difflib
+import json
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from transformers import Wav2Vec2Config
 
 from lasp.errors import ConfigError
 from lasp.models.layout import model_dir
 
+log = logging.getLogger(__name__)
+
 HEADS = ("pretraining", "ctc", "base")
+# what transformers' from_pretrained reads; lasp never loads TF/Flax weights
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+# heads that one wav2vec2 class has and another lacks: loading one into the other leaves them out or new
+_PRETRAINING_HEAD = ("project_hid.", "project_q.", "quantizer.")
+_CTC_HEAD = ("lm_head.",)
 
 _CONV_7 = dict(
     conv_kernel=(10, 3, 3, 3, 3, 2, 2),
@@ -63,8 +76,6 @@ _FAMILIES = {
 def check_overrides(config, overrides: dict[str, Any], where: str) -> None:
     """Every override must name a field of the model config: transformers would store a typo (``hiden_size``)
     as a new attribute and silently ignore it."""
-    import difflib
-
     known = set(config.to_dict())
     for key in overrides:
         if key not in known and not hasattr(config, key):
@@ -103,8 +114,6 @@ def is_preset(name_or_path: str) -> bool:
 
 def checkpoint_heads(name_or_path: str) -> list[str]:
     """The heads a checkpoint directory was saved with (from ``architectures`` in its config.json)."""
-    import json
-
     with open(os.path.join(model_dir(name_or_path), "config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
     family = _FAMILIES.get(config.get("model_type"), ())
@@ -115,8 +124,6 @@ def checkpoint_heads(name_or_path: str) -> list[str]:
 def check_head(name_or_path: str, head: str) -> None:
     """A checkpoint directory must have been saved with ``head`` (else that head would be random weights)."""
     if os.path.isdir(name_or_path):
-        from lasp.cli.preflight import check_model_source
-
         check_model_source("model", name_or_path)  # no weights at all says so, before any head is judged
         name_or_path = str(model_dir(name_or_path))
     if head == "base" or is_preset(name_or_path) or not os.path.isfile(os.path.join(name_or_path, "config.json")):
@@ -159,10 +166,73 @@ def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bo
     check_overrides(config, overrides, name_or_path)
     for key, value in overrides.items():
         setattr(config, key, value)
-    from lasp.models.load_report import from_pretrained  # one line instead of transformers' table for a head switch
+    return _from_pretrained(cls, name_or_path, config=config)
 
-    return from_pretrained(cls, name_or_path, config=config, local_files_only=True)
+
+def _from_pretrained(cls, path: str, **kwargs):
+    """``cls.from_pretrained`` with transformers' multi-line load report replaced by one line of lasp's own.
+
+    Every pretrain -> finetune hand-over loads a pre-training checkpoint into a CTC model: the pre-training head
+    is left out and a fresh CTC head initialised, as every wav2vec 2.0 fine-tuning recipe does, which
+    transformers reports as a table. lasp reads the same facts from ``output_loading_info`` and says them in
+    one line; any other difference (a missing encoder weight, a size mismatch) is a warning naming the tensors.
+    """
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, local_files_only=True, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    mismatched = list(info.get("mismatched_keys") or ())
+    if (not mismatched and all(k.startswith(_CTC_HEAD) for k in missing)
+            and all(k.startswith(_PRETRAINING_HEAD + _CTC_HEAD) for k in unexpected)):
+        if missing or unexpected:
+            print(_head_switch_line(path, missing, unexpected))
+    else:
+        mismatched = [str(m[0] if isinstance(m, (tuple, list)) else m) for m in mismatched]
+        parts = [f"{len(names)} {what} ({_modules(names)})" for names, what in (
+            (missing, "weights not in the checkpoint, randomly initialised"), (unexpected, "checkpoint tensors not used"),
+            (mismatched, "tensors of another shape, randomly initialised")) if names]
+        log.warning("loaded %s with differences: %s", path, "; ".join(parts))
+    return model
+
+
+def _modules(names: list[str]) -> str:
+    """Tensor names shortened to their top-level modules (``quantizer.codevectors`` -> ``quantizer``)."""
+    return ", ".join(sorted({k.split(".")[0] for k in names}))
+
+
+def _head_switch_line(path: str, missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if unexpected:
+        parts.append(f"{len(unexpected)} head tensors not used ({_modules(unexpected)})")
+    if missing:
+        parts.append(f"new CTC head initialised ({', '.join(missing)})")
+    return f"loaded {path}: " + "; ".join(parts)
+
+
+def check_model_source(key: str, name: str) -> None:
+    """A model folder holds config.json and weights (presets and missing folders are load_model's to judge)."""
+    p = Path(name)
+    if is_preset(name) or not p.is_dir():
+        return
+    p = model_dir(p)  # a trained system directory keeps its checkpoint in shared/
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{key}: {p} has no config.json; give a Hugging Face model folder or a preset")
+    if not any((p / w).is_file() for w in WEIGHT_FILES):
+        raise ConfigError(f"{key}: {p} has config.json but no weights (model.safetensors or pytorch_model.bin); "
+                          "copy the whole Hugging Face model folder (README, 'Models'), or convert a fairseq .pt")
 
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def encoder_layers(model) -> torch.nn.ModuleList:
+    """The Transformer layers of a wav2vec2-family model, with or without a head."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
+    try:
+        return base.encoder.layers
+    except AttributeError:
+        raise ConfigError(f"{type(model).__name__} has no encoder.layers; lasp needs a wav2vec2-family model") from None

@@ -1,18 +1,18 @@
-"""The systems one runner trains and compares, behind one small interface.
+"""A system: the one thing every stage trains, saves, loads back, evaluates and exports.
 
   shared    the plain model, every batch updates every weight (no masks)
   lasp      importance masks: each language runs through and updates only its sub-network
   random    random masks with exactly the lasp masks' per-tensor density (the LaSS control)
-  adapters  MMS-style per-language adapters (lasp.models.adapters)
+  adapters  MMS-style per-language adapters (:mod:`lasp.models.adapters`)
 
-A System exposes ``set_language(langs)``, ``forward``, the parameters to
-optimise, a wrapped optimizer (confined for masked systems), the tensors a
-checkpoint holds, and ``save(dir)`` for the final model (layout: :mod:`lasp.models.layout`).
-``lasp.models.trained.load_trained(dir)`` reads any of them back for inference.
+A System exposes ``set_language(langs)``, calling it like the Hugging Face model, the parameters to optimise, a
+wrapped optimizer (confined for masked systems), the tensors a checkpoint holds, and
+``save_pretrained(dir)`` / ``System.from_pretrained(dir)`` for the folder layout of :mod:`lasp.models.layout`.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,41 +20,53 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from lasp.models.adapters import ADAPTERS_CONFIG, LanguageAdapters
-from lasp.masked.confine import ConfinedOptimizer
 from lasp.errors import ConfigError
-from lasp.masked.model import MASKS_SUBDIR as WRAPPER_MASKS_SUBDIR
+from lasp.io import atomic_write_json
+from lasp.masked.confine import ConfinedOptimizer
 from lasp.masked.model import MaskedModel
 from lasp.masks.language_masks import LanguageMasks
-from lasp.models.layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE
+from lasp.models.adapters import ADAPTERS_CONFIG, LanguageAdapters
+from lasp.models.layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE, read_marker
+from lasp.models.load import load_model
+
+log = logging.getLogger(__name__)
+
+# folders written before the shared/ layout: the HF checkpoint at the top, and for a masked model this file
+LEGACY_WRAPPER_CONFIG = "masked_model.json"
+
+
+def _exact(names: Sequence[str]) -> list[str]:
+    """Target regexes matching exactly these parameter names."""
+    return [f"^{n.replace('.', '[.]')}$" for n in names]
 
 
 class System:
+    """``set_language`` then call it like the HF model; ``model`` is the HF model underneath, ``wrapper`` the
+    :class:`MaskedModel` or :class:`LanguageAdapters` around it (None for the shared system)."""
+
     def __init__(self, name: str, model: nn.Module, wrapper: nn.Module | None = None):
         self.name = name
-        self.model = model  # the Hugging Face model
-        self.wrapper = wrapper  # MaskedModel / LanguageAdapters / None
-        self.replica: nn.Module | None = None  # the DistributedDataParallel module under torchrun
+        self.model = model
+        self.wrapper = wrapper
+        self.replica: nn.Module | None = None  # what forward runs through when training distributes it (DDP)
 
     # -- running
+    @property
+    def languages(self) -> list[str] | None:
+        """The languages the system serves (None for the shared system: any)."""
+        return list(self.wrapper.languages) if self.wrapper is not None else None
+
+    @property
+    def module(self) -> nn.Module:
+        """The outermost module: the wrapper holding the model and its masks or adapters, else the model."""
+        return self.wrapper if self.wrapper is not None else self.model
+
     def set_language(self, langs: str | Sequence[str] | None) -> None:
         if self.wrapper is not None:
             self.wrapper.set_language(langs)
 
     def __call__(self, **inputs):
-        return (self.replica or self.wrapper or self.model)(**inputs)
-
-    def distribute(self, info) -> None:
-        """Run forward/backward through DistributedDataParallel when ``info`` has several ranks.
-
-        DDP wraps the outermost module (the HF model, or the wrapper that holds it together with the masks or
-        adapters), so it sees every trainable parameter, adapters included, and the wrapper's forward is unchanged.
-        """
-        from lasp.train.distributed import wrap_module
-
-        module = self.wrapper if self.wrapper is not None else self.model
-        wrapped = wrap_module(module, info)
-        self.replica = wrapped if wrapped is not module else None
+        return (self.replica or self.module)(**inputs)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -89,27 +101,68 @@ class System:
             ad = {k[len("adapters."):]: v for k, v in tensors.items() if k.startswith("adapters.")}
             self.wrapper.adapters.load_state_dict(ad)
 
-    # -- export
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write the system in the layout of :mod:`lasp.models.layout` (never a loadable top-level checkpoint)."""
+    # -- the folder
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the system in the layout of :mod:`lasp.models.layout` (never a loadable top-level checkpoint).
+
+        The shared model goes to ``shared/`` as a Hugging Face checkpoint (for a masked system: the weights before
+        any mask), the mask set to ``masks/`` or the adapters beside it, and ``lasp_system.json`` names them.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        shared = directory / SHARED_SUBDIR
+        self.model.save_pretrained(directory / SHARED_SUBDIR)  # masks are non-persistent buffers: not saved here
         marker = {"system": self.name, "layout": LAYOUT_VERSION, "model": SHARED_SUBDIR}
         if isinstance(self.wrapper, MaskedModel):
-            # MaskedModel knows how to write its unmasked shared weights as a plain HF checkpoint; the mask set
-            # it writes beside them moves up to final/masks, where the next stage looks for it
-            self.wrapper.save_pretrained(shared)
-            os.replace(shared / WRAPPER_MASKS_SUBDIR, directory / MASKS_SUBDIR)
-            marker.update(masks=MASKS_SUBDIR, targets=list(self.wrapper.targets),
-                          mode=getattr(self.wrapper, "mode", "auto"), languages=self.wrapper.languages)
-        else:
-            self.model.save_pretrained(shared)
-            if isinstance(self.wrapper, LanguageAdapters):
-                self.wrapper.save(directory)
-                marker.update(adapters=ADAPTERS_CONFIG, languages=self.wrapper.languages)
-        (directory / SYSTEM_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+            self.wrapper.masks.subset(self.wrapper.languages).save(directory / MASKS_SUBDIR)
+            marker.update(masks=MASKS_SUBDIR, targets=list(self.wrapper.targets), mode=self.wrapper.mode,
+                          languages=self.wrapper.languages)
+        elif isinstance(self.wrapper, LanguageAdapters):
+            self.wrapper.save(directory)
+            marker.update(adapters=ADAPTERS_CONFIG, languages=self.wrapper.languages)
+        atomic_write_json(directory / SYSTEM_FILE, marker)  # written last: a folder without it is incomplete
         return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, head: str = "ctc",
+                        device: torch.device | str = "cpu") -> "System":
+        """Read back what :meth:`save_pretrained` wrote, a folder of the earlier layout (the HF checkpoint at the
+        top level, with ``masked_model.json`` or adapters beside it), or a plain HF checkpoint (the shared system)."""
+        directory = Path(directory)
+        marker = read_marker(directory)
+        if marker is None or int(marker.get("layout", 1)) < LAYOUT_VERSION:
+            return cls._from_earlier_layout(directory, head, device, marker)
+        name = marker["system"]
+        # the model is on its device before the wrapper is built: the masked layers pick their kernels by device
+        model = load_model(str(directory / marker.get("model", SHARED_SUBDIR)), head=head).to(device)
+        if marker.get("masks"):
+            masks = LanguageMasks.load(directory / marker["masks"], marker.get("languages"))
+            targets = _exact(marker["targets"]) if marker.get("targets") else None
+            wrapper = MaskedModel(model, masks, target_modules=targets, mode=marker.get("mode", "auto"))
+            return cls(name, model, wrapper)
+        if marker.get("adapters"):
+            return cls(name, model, LanguageAdapters.load(model, directory))
+        return cls(name, model)
+
+    @classmethod
+    def _from_earlier_layout(cls, directory: Path, head: str, device, marker: dict | None) -> "System":
+        if not (directory / "config.json").is_file():
+            raise ConfigError(f"{directory}: not a trained system or model directory (no {SYSTEM_FILE}, no "
+                              "config.json)")
+        name = marker["system"] if marker else "shared"
+        model = load_model(str(directory), head=head).to(device)
+        wrapper_config = directory / LEGACY_WRAPPER_CONFIG
+        if wrapper_config.is_file():
+            log.warning("%s: a masked model in the earlier folder layout (%s at the top); it loads as it is, and "
+                        "System.save_pretrained writes the current one", directory, LEGACY_WRAPPER_CONFIG)
+            saved = json.loads(wrapper_config.read_text(encoding="utf-8"))
+            mode = saved.get("mode", "auto")
+            masks = LanguageMasks.load(directory / MASKS_SUBDIR, saved.get("languages"))
+            wrapper = MaskedModel(model, masks, target_modules=_exact(saved["targets"]),
+                                  mode=mode if mode in ("auto", "cast", "reference") else "auto")
+            return cls(marker["system"] if marker else "lasp", model, wrapper)
+        if (directory / ADAPTERS_CONFIG).is_file():
+            return cls(name, model, LanguageAdapters.load(model, directory))
+        return cls(name, model)
 
     def summary(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())
@@ -123,6 +176,7 @@ class System:
 
 def build_system(name: str, model: nn.Module, languages: Sequence[str], *, masks: LanguageMasks | None = None,
                  adapter_dim: int = 16, freeze_base: bool = True) -> System:
+    """A fresh system ``name`` around ``model`` for ``languages`` (masks for lasp/random, new adapters)."""
     if name == "shared":
         return System(name, model)
     if name in ("lasp", "random"):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from lasp.errors import ConfigError, DataError, MaskError
 from lasp.locks import acquire
-from lasp.masks.language_masks import CONFIG_NAME, check_mask_dir, remove_mask_set
+from lasp.masks.store import CONFIG_NAME, check_mask_dir, remove_mask_set
 from lasp.data.manifest import read_manifest
 from lasp.languages import check_language_code
 

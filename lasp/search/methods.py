@@ -20,8 +20,16 @@ from typing import Sequence
 
 import torch
 
+from lasp.data.pipeline import ctc_collator, make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
+from lasp.data.text import Vocabulary, normalize_text
+from lasp.device import pick_device
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
+from lasp.models.features import feature_normalization
+from lasp.models.load import check_head, checkpoint_heads, is_preset, load_model
+from lasp.search.imp import imp_language_masks
+from lasp.search.lass import lass_language_masks
+from lasp.search.pruning import make_language_masks
 from lasp.search.scoring import GRADIENT_SCORERS, language_seed
 
 log = logging.getLogger(__name__)
@@ -31,8 +39,6 @@ METHODS = ("oneshot", "imp", "lass")
 def search_head(init: str, head: str = "auto") -> str:
     """The loss the search scores with. auto: CTC when ``init`` is a checkpoint with a trained CTC head (and its
     vocab.json), else the pre-training loss (needs no transcripts)."""
-    from lasp.models.load import checkpoint_heads, is_preset
-
     if head not in ("auto", "pretraining", "ctc"):
         raise ConfigError(f"unknown scoring head {head!r}; choose auto, pretraining or ctc")
     if head != "auto":
@@ -46,19 +52,12 @@ def search_head(init: str, head: str = "auto") -> str:
 def load_search_model(cfg, init: str, head: str, device: torch.device | str = "cpu"):
     """The model masks are searched on: ``init`` with its own trained ``head`` (a preset's random weights are
     drawn from ``cfg.seed``, exactly as a training stage draws them), and the vocabulary of a CTC head."""
-    from lasp.models.load import check_head, is_preset, load_model
-
     if os.path.isdir(init):
         check_head(init, head)
     vocab = None
     extra = {}
     if head == "ctc":
-        from lasp.data.text import Vocabulary
-
         if is_preset(init):
-            from lasp.data.pipeline import read_split
-            from lasp.data.text import normalize_text
-
             vocab = Vocabulary.build(normalize_text(u.text, u.lang) for u in read_split(cfg.data, "train"))
             extra = {"vocab_size": len(vocab), "pad_token_id": vocab.pad_id}
         elif (Path(init) / "vocab.json").is_file():
@@ -72,10 +71,6 @@ def load_search_model(cfg, init: str, head: str, device: torch.device | str = "c
 
 def language_loaders(cfg, init: str, model, vocab, languages: Sequence[str], device) -> dict:
     """``{lang: DataLoader}`` over ``masks.max_batches`` batches of that language of ``data.train``."""
-    from lasp.data.collate import feature_normalization
-    from lasp.data.pipeline import (ctc_collator, make_dataset, make_sampler, pretrain_collator, read_split,
-                                    recipe_loader)
-
     normalize = feature_normalization(init)
     dataset = make_dataset(cfg.data, read_split(cfg.data, "train", languages), vocab)
     collator = (ctc_collator(model.config, vocab, normalize) if vocab is not None
@@ -104,8 +99,6 @@ def random_masks_like(masks: LanguageMasks, seed: int) -> LanguageMasks:
 
 def random_masks(model, languages: Sequence[str], cfg, base_model: str) -> LanguageMasks:
     """Uniform random masks at ``masks.sparsity`` per tensor (no lasp set to match)."""
-    from lasp.search.pruning import make_language_masks
-
     return make_language_masks(model, {l: None for l in languages}, scorer="random", sparsity=cfg.masks.sparsity,
                                scope="per-tensor", targets=cfg.masks.targets, seed=cfg.seed,
                                base_model=base_model, progress=False)
@@ -135,22 +128,16 @@ def _search(cfg, init, languages, head, device, progress) -> LanguageMasks:
         {l: None for l in languages}
     data = os.path.abspath(cfg.data.train) if cfg.data.train else None
     if m.method == "imp":
-        from lasp.search.imp import imp_language_masks
-
         masks = imp_language_masks(model, {l: list(loaders[l]) for l in languages}, sparsity=m.sparsity,
                                    rounds=m.imp_rounds, steps=m.imp_steps, lr=m.imp_lr, scope=m.scope,
                                    pattern=m.pattern, targets=m.targets, seed=cfg.seed, base_model=init, data=data,
                                    progress=progress)
     elif m.method == "lass":
-        from lasp.search.lass import lass_language_masks
-
         masks = lass_language_masks(model, {l: list(loaders[l]) for l in languages}, sparsity=m.sparsity,
                                     steps=m.lass_steps, lr=m.lass_lr, criterion=m.lass_criterion, scope=m.scope,
                                     pattern=m.pattern, targets=m.targets, seed=cfg.seed, base_model=init, data=data,
                                     progress=progress)
     else:
-        from lasp.search.pruning import make_language_masks
-
         masks = make_language_masks(model, loaders, scorer=m.scorer, sparsity=m.sparsity, scope=m.scope,
                                     pattern=m.pattern, max_batches=m.max_batches, targets=m.targets,
                                     seed=cfg.seed, base_model=init, data=data, progress=progress)
@@ -171,25 +158,8 @@ def prune_to_dir(cfg, init: str, out: str, *, languages: Sequence[str] | None = 
                  progress: bool = True) -> LanguageMasks:
     """``lasp prune``: search the mask set of ``init`` for ``languages`` (default: every language of data.train,
     or data.languages) by the recipe and write it to ``out``."""
-    from lasp.data.pipeline import read_split
-    from lasp.models.trained import pick_device
-
     utts = read_split(cfg.data, "train", languages)  # a language without training data is an error here
     langs = sorted({u.lang for u in utts})
     masks = search_masks(cfg, init, langs, head=head, device=pick_device(cfg.device), progress=progress)
     masks.save(out)
     return masks
-
-
-def specificity_summary(masks: LanguageMasks) -> str:
-    """How language-specific ``masks`` is, in two lines (:func:`lasp.analysis.overlap.specificity`): mean pairwise
-    IoU against random masks of the same per-tensor densities, and the share of kept weights unique to a language."""
-    from lasp.analysis.overlap import compute_overlap, specificity
-
-    if len(masks.languages) < 2:
-        return "specificity: needs at least two languages"
-    s = specificity(compute_overlap(masks))
-    return (f"specificity: mean pairwise IoU {s['mean_iou']:.3f} vs {s['mean_random_iou']:.3f} for random masks of "
-            f"the same densities (ratio {s['iou_ratio']:.2f}; 1 = chance, {s['max_iou_ratio']:.2f} = nested)\n"
-            f"kept weights unique to one language: {s['mean_unique_share']:.3f} on average "
-            f"(random masks: {s['mean_random_unique_share']:.3f})")

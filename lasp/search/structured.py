@@ -31,20 +31,14 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from lasp.errors import ConfigError, MaskError
+from lasp.io import atomic_write_json
+from lasp.masks.language_masks import LanguageMasks
+from lasp.models.load import encoder_layers
 
 IMPORTANCES = ("taylor", "magnitude", "random")
 STRUCTURE_FILE = "structured_masks.json"
 EXPORT_FILE = "lasp_structure.json"
 FORMAT_VERSION = 1
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    base = getattr(model, getattr(model, "base_model_prefix", ""), model)
-    try:
-        return base.encoder.layers
-    except AttributeError as err:
-        raise ConfigError(f"{type(model).__name__} has no encoder.layers; structured masks need a "
-                          "wav2vec2-family model") from err
 
 
 def _layer_sizes(model: nn.Module) -> tuple[int, int, int, int]:
@@ -202,8 +196,6 @@ class StructuredMasks:
 
     def to_language_masks(self, base_model: str | None = None):
         """An ordinary :class:`lasp.masks.language_masks.LanguageMasks`, trainable through the masked model."""
-        from lasp.masks.language_masks import LanguageMasks
-
         return LanguageMasks.from_dense({lang: self.weight_masks(lang) for lang in self.languages},
                                         base_model=base_model, extra={"structured": self.metadata})
 
@@ -222,10 +214,7 @@ class StructuredMasks:
                                  "num_heads": self.heads[lang].shape[1], "ffn": self.neurons[lang].shape[1]}
                           for lang in self.languages},
         }
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write_json(path, data, indent=1)
         return path
 
     @classmethod
@@ -312,8 +301,7 @@ def save_structured_model(model: nn.Module, directory: str | os.PathLike) -> str
     """Save an exported model: the HF checkpoint plus the per-layer head/neuron counts it needs to rebuild."""
     model.save_pretrained(directory)
     path = os.path.join(directory, EXPORT_FILE)
-    with open(path, "w") as fh:
-        json.dump({"format_version": FORMAT_VERSION, "layers": structure_of(model)}, fh, indent=1)
+    atomic_write_json(path, {"format_version": FORMAT_VERSION, "layers": structure_of(model)}, indent=1)
     return str(directory)
 
 

@@ -19,7 +19,6 @@ files must not stop a run that has an older good checkpoint).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lasp.errors import ConfigError
-from lasp.io import sha256_file
+from lasp.io import TMP_PREFIX, atomic_dir, atomic_write, fsync_dir, fsync_file, sha256_file
 
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
@@ -39,23 +38,6 @@ _FILES = ("model.safetensors", "state.pt")
 
 class CheckpointError(ConfigError):
     """A checkpoint on disk is incomplete or corrupt."""
-_TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def rng_state() -> dict[str, Any]:
@@ -104,29 +86,22 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, torch.Ten
     """Write checkpoint ``step`` atomically and drop all but the newest ``keep``."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(_TMP_PREFIX + "*"):
+    for stale in root.glob(TMP_PREFIX + "*"):  # left by a process killed mid-write (the run is ours: locked)
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:08d}"
-    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-    tmp.mkdir()
-    # clone: safetensors refuses tensors that share storage, and a view may be non-contiguous
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    sums = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in _FILES}
-    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
     final = root / name
-    if final.exists():  # re-saving a step (a resumed run that stopped exactly there)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    pointer_tmp = root / f"{_TMP_PREFIX}{LATEST}-{os.getpid()}"
-    pointer_tmp.write_text(name + "\n", encoding="utf-8")
-    _fsync_file(pointer_tmp)
-    os.replace(pointer_tmp, root / LATEST)
-    _fsync_dir(root)
+    # replace: re-saving a step (a resumed run that stopped exactly there)
+    with atomic_dir(final, replace=True) as tmp:
+        # clone: safetensors refuses tensors that share storage, and a view may be non-contiguous
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                  str(tmp / "model.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        sums = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in _FILES}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
+        for f in tmp.iterdir():
+            fsync_file(f)
+        fsync_dir(tmp)
+    atomic_write(root / LATEST, name + "\n")  # only now does a resume see the new checkpoint
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in steps[:-keep] if keep > 0 else []:
         if old.name != name:

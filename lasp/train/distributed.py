@@ -28,6 +28,8 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from lasp.device import pick_device
+
 
 @dataclass
 class DistInfo:
@@ -50,8 +52,6 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    from lasp.models.trained import pick_device
-
     device = pick_device(device_pref, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -74,6 +74,16 @@ def wrap_module(module: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                  else {"broadcast_buffers": False})
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True, **no_resync)
+
+
+def distribute(system, info: DistInfo) -> None:
+    """Run ``system``'s forward/backward through DistributedDataParallel when ``info`` has several ranks.
+
+    DDP wraps the outermost module (the HF model, or the wrapper that holds it together with the masks or
+    adapters), so it sees every trainable parameter, adapters included, and the wrapper's forward is unchanged.
+    """
+    wrapped = wrap_module(system.module, info)
+    system.replica = wrapped if wrapped is not system.module else None
 
 
 def normalize_grads(params: Iterable[torch.nn.Parameter], total_weight: float, info: DistInfo) -> None:

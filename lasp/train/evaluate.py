@@ -18,16 +18,24 @@ utterances, divided by its reference words / characters), and write (error rates
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import jiwer
 import torch
 
-from lasp.device import apply_cpu_settings
+from lasp.config.recipe import stage_run_dir
+from lasp.data.collate import EvalCollator, feature_lengths
+from lasp.data.dataset import Readable, SpeechDataset, unreadable_entry
+from lasp.data.pipeline import make_loader, read_split
+from lasp.data.text import Vocabulary
+from lasp.device import apply_cpu_settings, pick_device
 from lasp.errors import ConfigError, DataError
+from lasp.io import atomic_write, atomic_write_json
+from lasp.models.features import feature_normalization
+from lasp.models.layout import is_model_dir
 from lasp.models.objective import model_inputs
+from lasp.models.system import System
 
 
 def greedy_decode(logits: torch.Tensor, vocab, lengths: Sequence[int] | None = None) -> list[str]:
@@ -73,23 +81,20 @@ def write_language_files(out_dir: str | Path, lang: str, ids: Sequence[str], ref
                          hyps: Sequence[str], metrics: dict) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"recogs-{lang}.txt", "w", encoding="utf-8") as fh:
-        for i, r, h in zip(ids, refs, hyps):
-            fh.write(f"{i}\t{r}\t{h}\n")
+    atomic_write(out / f"recogs-{lang}.txt", "".join(f"{i}\t{r}\t{h}\n" for i, r, h in zip(ids, refs, hyps)))
     aligned = jiwer.process_words(list(refs), [h for h in hyps])
     errors = metrics["word_substitutions"] + metrics["word_deletions"] + metrics["word_insertions"]
-    with open(out / f"errs-{lang}.txt", "w", encoding="utf-8") as fh:
-        fh.write(f"WER {metrics['wer']:.4f} [ {errors} / {metrics['words']}, {metrics['word_insertions']} ins, "
-                 f"{metrics['word_deletions']} del, {metrics['word_substitutions']} sub ]\n\n")
-        fh.write(jiwer.visualize_alignment(aligned, show_measures=False))
+    atomic_write(out / f"errs-{lang}.txt",
+                 f"WER {metrics['wer']:.4f} [ {errors} / {metrics['words']}, {metrics['word_insertions']} ins, "
+                 f"{metrics['word_deletions']} del, {metrics['word_substitutions']} sub ]\n\n"
+                 + jiwer.visualize_alignment(aligned, show_measures=False))
     unreadable = metrics.get("unreadable", [])
-    with open(out / f"wer-summary-{lang}.txt", "w", encoding="utf-8") as fh:
-        fh.write(f"language\t{lang}\nutterances\t{metrics['utterances']}\n")
-        fh.write(f"WER\t{metrics['wer']:.4f}\t({metrics['words']} words)\n")
-        fh.write(f"CER\t{metrics['cer']:.4f}\t({metrics['chars']} characters)\n")
-        fh.write(f"unreadable\t{len(unreadable)}\n")
-        for bad in unreadable:
-            fh.write(f"\t{bad['id']}\t{bad['audio']}\t{bad['reason']}\n")
+    atomic_write(out / f"wer-summary-{lang}.txt",
+                 f"language\t{lang}\nutterances\t{metrics['utterances']}\n"
+                 f"WER\t{metrics['wer']:.4f}\t({metrics['words']} words)\n"
+                 f"CER\t{metrics['cer']:.4f}\t({metrics['chars']} characters)\n"
+                 f"unreadable\t{len(unreadable)}\n"
+                 + "".join(f"\t{bad['id']}\t{bad['audio']}\t{bad['reason']}\n" for bad in unreadable))
 
 
 def length_batches(indices: Sequence[int], durations: Sequence[float], batch_size: int) -> list[list[int]]:
@@ -101,8 +106,6 @@ def length_batches(indices: Sequence[int], durations: Sequence[float], batch_siz
 @torch.no_grad()
 def decode_language(system, loader, vocab, lang: str, device: torch.device):
     """(ids, references, hypotheses, unreadable rows) of the batches ``loader`` yields, through ``lang``."""
-    from lasp.data.collate import feature_lengths
-
     ids, refs, hyps, unreadable = [], [], [], []
     system.set_language(lang)
     system.train(False)
@@ -125,10 +128,6 @@ def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, normalize: b
     ``dataset`` is a :class:`lasp.data.dataset.SpeechDataset` (every row, no length cap); ``unreadable`` lists
     rows found bad before decoding (``{"id", "audio", "reason", "lang"}``), reported with their language.
     """
-    from lasp.data.collate import EvalCollator
-    from lasp.data.dataset import Readable
-    from lasp.data.pipeline import make_loader
-
     device = torch.device(device)
     langs = list(languages) if languages else sorted(set(dataset.langs) | {u["lang"] for u in unreadable})
     collator = EvalCollator(system.model.config, normalize=normalize)
@@ -149,8 +148,8 @@ def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, normalize: b
         write_language_files(out_dir, lang, ids, refs, hyps, per_lang[lang])
     results = {"system": system.name, "languages": per_lang, "macro": macro_average(per_lang)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+    # written last and atomically: the runner takes results.json as the sign that evaluation finished
+    atomic_write_json(Path(out_dir, "results.json"), results, ensure_ascii=False)
     return results
 
 
@@ -170,14 +169,6 @@ def summary_lines(results: dict, out_dir: str | Path) -> list[str]:
 def evaluate(cfg) -> dict:
     """Evaluate the recipe's fine-tuned model on its test (or valid) split; returns the results dict
     (with ``out_dir``, where the files went)."""
-    from lasp.config.recipe import stage_run_dir
-    from lasp.data.collate import feature_normalization
-    from lasp.data.dataset import SpeechDataset, unreadable_entry
-    from lasp.data.pipeline import read_split
-    from lasp.data.text import Vocabulary
-    from lasp.models.layout import is_model_dir
-    from lasp.models.trained import load_trained, pick_device
-
     ev = cfg.evaluate
     apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
     model_dir = Path(ev.model) if ev.model else stage_run_dir(cfg, "finetune") / "final"
@@ -187,7 +178,7 @@ def evaluate(cfg) -> dict:
         raise ConfigError(f"{model_dir} has no vocab.json; evaluate a directory written by `lasp finetune`")
     vocab = Vocabulary.load(model_dir)
     device = pick_device(cfg.device)
-    system = load_trained(model_dir, head="ctc", device=device)
+    system = System.from_pretrained(model_dir, head="ctc", device=device)
     utts = read_split(cfg.data, ev.split, ev.languages or None)
     # every row is scored: no vocabulary filter, no length cap; rows that cannot be read are reported
     dataset = SpeechDataset(utts, vocab=None, on_bad=cfg.data.on_bad, max_seconds=None, min_seconds=None)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from lasp.config.recipe import RecipeConfig, stage_run_dir
-from lasp.data.collate import feature_normalization
+from lasp.models.features import feature_normalization
 from lasp.data.pipeline import ctc_collator, load_vocab, make_dataset, make_sampler, read_split, recipe_loader
 from lasp.errors import ConfigError
 from lasp.models.load import is_preset, load_model

@@ -156,7 +156,7 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     stopped_by = "max_steps"
     last_saved = step if ckpt is not None else -1
     budget = stage.max_minutes * 60.0 if stage.max_minutes is not None else math.inf
-    system.distribute(info)  # DDP over the ranks (a no-op in one process)
+    D.distribute(system, info)  # DDP over the ranks (a no-op in one process)
     system.train(True)
     try:
         while step < stage.max_steps:

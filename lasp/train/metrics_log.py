@@ -22,6 +22,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lasp.errors import ConfigError
+from lasp.io import writing
+
 
 class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, total: int, initial: int = 0, rank: int = 0,
@@ -55,8 +58,9 @@ class MetricsLogger:
                  for k, v in metrics.items()}
         record = {"step": step, "kind": kind, **clean}
         assert self._jsonl is not None
-        self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
-        self._jsonl.flush()
+        with writing(self._jsonl.name):
+            self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for key, value in clean.items():
                 if isinstance(value, float) and math.isfinite(value):
@@ -95,8 +99,6 @@ def progress_seconds() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        from lasp.errors import ConfigError
-
         raise ConfigError(f"LASP_PROGRESS_SECONDS must be a number of seconds >= 0, got {raw!r}")
     return value
 

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from lasp.config.recipe import RecipeConfig, stage_run_dir
-from lasp.data.collate import feature_normalization
+from lasp.models.features import feature_normalization
 from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
 from lasp.models.load import load_model
 from lasp.models.objective import batch_loss

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import random
 import shutil
@@ -13,16 +12,23 @@ import numpy as np
 import torch
 
 from lasp.config.recipe import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
+from lasp.data.text import Vocabulary
 from lasp.device import apply_cpu_settings
 from lasp.errors import ConfigError
+from lasp.io import TMP_PREFIX, atomic_dir, atomic_write_json
 from lasp.locks import acquire, release
-from lasp.masks.language_masks import CONFIG_NAME, LanguageMasks, check_mask_dir, read_config
+from lasp.masks.language_masks import LanguageMasks
 from lasp.masks.provenance import check_mask_provenance, expected_record, legacy_record, note_base_weights
+from lasp.masks.store import CONFIG_NAME, check_mask_dir, read_config
+from lasp.models.export import export_language
+from lasp.models.features import feature_normalization, save_feature_extractor
+from lasp.models.layout import SHARED_SUBDIR
+from lasp.models.system import System
 from lasp.search.checks import check_language_rows
-from lasp.train.run_record import check_run_record, stage_recipe
+from lasp.search.methods import random_masks, random_masks_like, search_masks
 from lasp.train import distributed as D
 from lasp.train.checkpoint import checkpoint_dir
-from lasp.models.system import System
+from lasp.train.run_record import check_run_record, stage_recipe
 
 
 def start_stage(cfg: RecipeConfig) -> D.DistInfo:
@@ -115,8 +121,6 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
     per-tensor density of that lasp set when one exists, else at ``masks.sparsity``, saved to
     ``<run_dir>/masks-random``.
     """
-    from lasp.search.methods import random_masks, random_masks_like, search_masks
-
     if system not in ("lasp", "random"):
         return None
     m = cfg.masks
@@ -148,33 +152,23 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
     next stage and exports normalize audio the same way); a fine-tuned system (``extra`` wrote vocab.json) also
     gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.models.export`).
     """
-    from lasp.data.collate import feature_normalization, save_feature_extractor
-    from lasp.models.layout import SHARED_SUBDIR
-
     final = run_dir / "final"
-    tmp = run_dir / f".tmp-final-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    system.save(tmp)
-    normalize = summary["normalize"] if "normalize" in summary else feature_normalization(summary["init"])
-    save_feature_extractor(str(tmp / SHARED_SUBDIR), system.model.config, normalize)
-    if extra is not None:
-        extra(tmp)
-    if (tmp / "vocab.json").is_file():
-        _export_languages(system, tmp, summary.get("languages") or [], normalize)
-    save_recipe(cfg, tmp / "recipe.yaml")
-    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    for stale in run_dir.glob(f"{TMP_PREFIX}final.*"):  # an export killed part-way (the run is ours: locked)
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(final, replace=True) as tmp:
+        system.save_pretrained(tmp)
+        normalize = summary["normalize"] if "normalize" in summary else feature_normalization(summary["init"])
+        save_feature_extractor(str(tmp / SHARED_SUBDIR), system.model.config, normalize)
+        if extra is not None:
+            extra(tmp)
+        if (tmp / "vocab.json").is_file():
+            _export_languages(system, tmp, summary.get("languages") or [], normalize)
+        save_recipe(cfg, tmp / "recipe.yaml")
+        atomic_write_json(tmp / "train_summary.json", summary)
     return final
 
 
 def _export_languages(system: System, directory: Path, languages: Sequence[str], normalize: bool) -> None:
-    from lasp.data.text import Vocabulary
-    from lasp.errors import ConfigError
-    from lasp.models.export import export_language
-
     languages = system.wrapper.languages if system.wrapper is not None else list(languages)
     taken = {p.name for p in directory.iterdir()}
     clash = [l for l in languages if l in taken]

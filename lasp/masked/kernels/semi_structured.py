@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from lasp.errors import ConfigError, MaskError
+from lasp.masks.targets import owner_module
 
 # Shape constraints of torch's semi-structured kernels (CUTLASS is the stricter of the two backends).
 MIN_ROWS = 32
@@ -76,8 +77,6 @@ def export_semi_structured(masked_model, lang: str, dtype: torch.dtype = torch.f
     Every targeted weight's mask must be 2:4 (``lasp prune --pattern 2:4``); a mask that is
     not names its parameter. Non-Linear targets are left merged but dense.
     """
-    from lasp.masks.targets import owner_module
-
     device = torch.device(device)
     _require_support(device)
     masks = masked_model.masks[lang]

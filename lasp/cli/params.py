@@ -1,10 +1,13 @@
-"""`lasp overlap MASK_DIR --out DIR` and `lasp params --model M --languages N`: the paper's two analyses."""
+"""`lasp params --model M --languages N`: what N languages cost under lasp masks, adapters, LoRA and copies."""
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 
+from lasp.analysis.params import COLUMNS, format_markdown, parameter_table, write_parameter_report
 from lasp.errors import ConfigError
+from lasp.masks.language_masks import LanguageMasks
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -19,36 +22,9 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
-def overlap_command(args: argparse.Namespace) -> int:
-    from lasp.analysis.overlap_report import overlap_analysis
-    from lasp.masks.language_masks import LanguageMasks
-
-    languages = [l for l in args.languages.split(",") if l] if args.languages else None
-    masks = LanguageMasks.load(args.mask_dir, languages=languages)
-    result = overlap_analysis(masks, args.out, families=args.families, n_permutations=args.permutations,
-                              seed=args.seed, plots=not args.no_plots, progress=True)
-    print(f"mask set {args.mask_dir}")
-    print(result.summary)
-    if args.against:
-        import os
-
-        from lasp.analysis.tables import write_json
-        from lasp.analysis.stability import format_stability, search_stability
-
-        stability = search_stability(masks, LanguageMasks.load(args.against, languages=languages))
-        path = write_json({"against": args.against, **stability}, os.path.join(args.out, "stability.json"))
-        print(f"against {args.against} ({path}):")
-        print(format_stability(stability))
-    return 0
-
-
 def params_command(args: argparse.Namespace) -> int:
-    from lasp.analysis.params import COLUMNS, format_markdown, parameter_table, write_parameter_report
-
     masks = None
     if args.masks:
-        from lasp.masks.language_masks import LanguageMasks
-
         masks = LanguageMasks.load(args.masks)
     if args.languages is None and masks is None:
         raise ConfigError("--languages N is required without --masks")
@@ -58,8 +34,6 @@ def params_command(args: argparse.Namespace) -> int:
         targets=args.targets, bytes_per_param=args.bytes_per_param, use_peft=False if args.no_peft else None,
     )
     if args.format == "csv":
-        import csv
-
         writer = csv.DictWriter(sys.stdout, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -75,23 +49,8 @@ def params_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    o = sub.add_parser("overlap", help="how much language masks share: IoU, LaSS overlap, clustering, plots")
-    o.add_argument("mask_dir", help="mask-set directory (mask_config.json + masks.<lang>.safetensors)")
-    o.add_argument("--out", required=True, help="directory for the CSV/JSON tables and PNG plots")
-    o.add_argument("--families", help="YAML/JSON map language → family: within- vs across-family IoU, "
-                                      "permutation test")
-    o.add_argument("--languages", help="comma-separated subset of the mask set's languages")
-    o.add_argument("--permutations", type=int, default=2000, help="permutations for the family test")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--no-plots", action="store_true", help="tables only")
-    o.add_argument("--against", metavar="MASK_DIR",
-                   help="a second search of the same languages (e.g. another --seed): is each language's mask "
-                        "closer to its own repeat than to the other languages' masks? (stability.json)")
-    o.set_defaults(handler=overlap_command)
-
-    p = sub.add_parser("params", help="parameter and storage cost of N languages: lasp masks vs adapters, "
-                                      "LoRA and per-language copies")
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="preset (tiny, base, xlsr-53) or local checkpoint directory; "
                                                   "built on the meta device, no weights are allocated")
     p.add_argument("--masks", help="mask-set directory: its targets, unique and shared-by-all weights")
