@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean gpu-wheels gpu-install
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,49 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+# ---- A GPU machine without network -------------------------------------------------------------------------
+# The GPU machine runs CPython 3.12 on manylinux x86_64 and already holds torch, transformers, triton, peft,
+# accelerate, tensorboard, matplotlib, scipy, pyyaml, tqdm, safetensors, numpy, pyarrow, pandas, fsspec,
+# huggingface-hub, click and pytest. `make gpu-wheels` (here, with pip access) downloads the wheels lasp needs
+# beyond those into GPU_WHEELS; carry that folder with the working tree and run `make gpu-install` there.
+# Every wheel is pinned and fetched without its dependencies, so nothing the machine has (torch above all) is
+# downloaded; the list is lasp's dependency closure resolved against those packages.
+# wordfreq is left out: its wheel alone is 54 MiB, over what the folder may hold. Only the synthesized demo
+# corpus (lasp.data.synth) needs it; manifests of real audio (Common Voice layout) do not.
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEELS_MAX_MIB ?= 60
+# what `make gpu-install` asks for by name; pip adds the listed dependencies from the folder
+GPU_PACKAGES := jiwer soundfile soxr torch-pruning datasets espeakng-loader pytest
+GPU_PINS := \
+	jiwer==4.0.0 rapidfuzz==3.14.6 \
+	soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
+	soxr==1.1.0 \
+	torch-pruning==1.6.1 \
+	datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 \
+	espeakng-loader==0.2.4 \
+	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
+# fsspec and pytest are there in case the machine's own fail datasets' cap (fsspec<=2026.9.0) or are missing;
+# pip keeps an installed version that satisfies the requirement and leaves the wheel unused.
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	--platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS).part
+	$(PYTHON) -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d $(GPU_WHEELS).part $(GPU_PINS)
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).part $(GPU_WHEELS)
+	@ls -1 $(GPU_WHEELS)
+	@bytes=$$(cat $(GPU_WHEELS)/*.whl | wc -c); \
+	 echo "$(GPU_WHEELS): $$(ls $(GPU_WHEELS) | wc -l) wheels, $$(awk "BEGIN {printf \"%.1f\", $$bytes / 1048576}") MiB ($$bytes bytes)"; \
+	 if [ $$bytes -gt $$(($(GPU_WHEELS_MAX_MIB) * 1048576)) ]; then \
+		echo "$(GPU_WHEELS) is over $(GPU_WHEELS_MAX_MIB) MiB"; exit 1; fi
+
+# Into GPU_PYTHON itself (no venv: the machine's CUDA torch lives there), offline, lasp editable without deps.
+gpu-install:
+	@[ -d $(GPU_WHEELS) ] || { echo "$(GPU_WHEELS) is missing: run 'make gpu-wheels' where pip reaches PyPI and carry the folder"; exit 1; }
+	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --find-links $(GPU_WHEELS) $(GPU_PACKAGES)
+	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --no-deps --no-build-isolation -e .
+	$(GPU_PYTHON) -c "import lasp, torch, transformers; print('lasp from', lasp.__file__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
