@@ -26,8 +26,9 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/lasp bench
 
+# removes what `make install` and `make gpu-wheels` made; run outputs (runs/) are the user's and stay
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(GPU_WHEELS)
 
 # ---- A GPU machine without network -------------------------------------------------------------------------
 # The GPU machine runs CPython 3.12 on manylinux x86_64 and already holds torch, transformers, triton, peft,

@@ -34,7 +34,8 @@ _EXPORTS = {
     "search_masks": "lasp.search.methods",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = ["ConfinedOptimizer", "LanguageMasks", "MaskedModel", "System", "build_system", "load_model",
+           "preset_config", "make_language_masks", "prune", "score_language", "search_masks", "__version__"]
 
 
 def __getattr__(name: str):

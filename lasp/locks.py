@@ -160,10 +160,6 @@ def _remove_if_ours(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def held_by_me(directory: str | os.PathLike) -> bool:
-    return str((Path(directory) / LOCK_NAME).resolve()) in _held
-
-
 class locked:
     """``with locked(dir, "mask set"):`` — acquire for the block, release after."""
 

@@ -313,8 +313,3 @@ def specificity(stats: OverlapStats) -> dict[str, Any]:
         "random_unique_share": random_unique if multi else [math.nan] * len(unique),
         "mean_unique_share": mean(unique), "mean_random_unique_share": mean(random_unique),
     }
-
-
-def mask_iou(masks: Any, a: str, b: str) -> float:
-    """IoU of languages ``a`` and ``b`` of a LanguageMasks (the one IoU lasp computes: GroupCounts.iou)."""
-    return compute_overlap(masks.subset(dict.fromkeys([a, b]))).iou[0][-1]

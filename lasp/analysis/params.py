@@ -38,7 +38,7 @@ from transformers import PretrainedConfig, Wav2Vec2Config
 
 from lasp.analysis.overlap import compute_overlap
 from lasp.analysis.plots import plot_parameter_bars
-from lasp.analysis.tables import format_table, write_csv, write_json
+from lasp.analysis.tables import format_table, human_bytes, human_count, write_csv, write_json
 from lasp.errors import ConfigError, MaskError
 from lasp.io import atomic_write
 from lasp.masks.bits import packed_shape
@@ -270,24 +270,6 @@ def parameter_table(model_name_or_config: Any, n_languages: int | None = None, m
     return rows
 
 
-def _human(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "–"
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}{unit}".rstrip()
-    return f"{n:.0f} {unit}".rstrip() if isinstance(n, (int, float)) else str(n)
-
-
-def _human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
 def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and human-readable cells for the markdown/terminal table."""
     header = ["method", "setting", "shared params", "per language", f"total ({rows[0]['languages']} langs)",
@@ -298,10 +280,10 @@ def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[lis
         if r.get("unique_weights_per_language") is not None:
             notes.append(f"unique weights/lang {r['unique_weights_per_language']:,}, "
                          f"shared by all {r['shared_by_all_weights']:,}")
-        body.append([r["method"], r["setting"], _human(r["shared_params"]),
-                     _human(r["per_language_params"]) if r["method"] != "lasp masks"
-                     else f"{_human(r['mask_bits_per_language'])} bits",
-                     _human(r["total_params"]), _human_bytes(r["per_language_bytes"]), _human_bytes(r["total_bytes"]),
+        body.append([r["method"], r["setting"], human_count(r["shared_params"]),
+                     human_count(r["per_language_params"]) if r["method"] != "lasp masks"
+                     else f"{human_count(r['mask_bits_per_language'])} bits",
+                     human_count(r["total_params"]), human_bytes(r["per_language_bytes"]), human_bytes(r["total_bytes"]),
                      f"{r['per_language_storage_pct']:.3f}%", "; ".join(notes)])
     return header, body
 

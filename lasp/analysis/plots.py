@@ -15,12 +15,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lasp.analysis.tables import human_bytes
+from lasp.io import atomic_path
+
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=os.path.splitext(path)[1][1:] or "png")
     return path
 
 
@@ -134,19 +138,11 @@ def plot_parameter_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     ax.invert_yaxis()
     ax.set_xscale("log")
     for y, v in zip(positions, values):
-        ax.text(max(v, 1.0), y, f" {_human_bytes(v)}" if "bytes" in key else f" {v:,.0f}", va="center", fontsize=8)
+        ax.text(max(v, 1.0), y, f" {human_bytes(v)}" if "bytes" in key else f" {v:,.0f}", va="center", fontsize=8)
     ax.set_xlabel(key.replace("_", " ") + " (log scale)")
     ax.set_title("Language-specific storage per language")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
 
 
 def plot_cer_by_language(intervals: Mapping[str, Mapping[str, Sequence[float]]], languages: Sequence[str],

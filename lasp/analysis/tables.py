@@ -90,3 +90,23 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], markdown:
         out.append("  ".join("-" * w for w in widths))
     out.extend(line(r) for r in text_rows)
     return "\n".join(out)
+
+
+def human_count(n: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23 M' (with ``unit`` after the suffix); None -> '–'."""
+    if n is None:
+        return "–"
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}".rstrip()
+    return f"{n:.0f} {unit}".rstrip() if isinstance(n, (int, float)) else str(n)
+
+
+def human_bytes(n: float | None) -> str:
+    """Bytes in binary units ('3.30 MiB'); None -> '–'."""
+    if n is None:
+        return "–"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"

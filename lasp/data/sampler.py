@@ -173,16 +173,20 @@ class LanguageBatchSampler:
         return make_batches(idx, self.durations, rng, batch_size=self.batch_size,
                             max_batch_seconds=self.max_batch_seconds, bucket=self.bucket)
 
-    def _take(self, lang: str) -> object:
-        """The next unit (a batch, or an item when mixed) of ``lang``'s endless sequence of epochs."""
+    def _current(self, lang: str) -> list:
+        """``lang``'s cursor, on its next unit: an exhausted epoch rolls over to the next one here, and only here."""
         cur = self._cursor[lang]
         if cur[2] is None:
             cur[2] = self._epoch(lang, cur[0])
         if cur[1] >= len(cur[2]):
             cur[0], cur[1], cur[2] = cur[0] + 1, 0, self._epoch(lang, cur[0] + 1)
-        unit = cur[2][cur[1]]
+        return cur
+
+    def _take(self, lang: str) -> object:
+        """The next unit (a batch, or an item when mixed) of ``lang``'s endless sequence of epochs."""
+        cur = self._current(lang)
         cur[1] += 1
-        return unit
+        return cur[2][cur[1] - 1]
 
     def _next_global(self) -> list[list[int]]:
         """The world_size batches of the current step (one per rank)."""
@@ -220,11 +224,7 @@ class LanguageBatchSampler:
         return cache[1][n % _BLOCK]
 
     def _peek(self, lang: str) -> int:
-        cur = self._cursor[lang]
-        if cur[2] is None:
-            cur[2] = self._epoch(lang, cur[0])
-        if cur[1] >= len(cur[2]):
-            cur[0], cur[1], cur[2] = cur[0] + 1, 0, self._epoch(lang, cur[0] + 1)
+        cur = self._current(lang)
         return int(cur[2][cur[1]])
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -266,16 +266,11 @@ class LanguageBatchSampler:
                 self._next_global()
 
     def _advance(self, lang: str, units: int) -> None:
-        cur = self._cursor[lang]
         while units > 0:
-            if cur[2] is None:
-                cur[2] = self._epoch(lang, cur[0])
-            left = len(cur[2]) - cur[1]
-            if units <= left:
-                cur[1] += units
-                return
-            units -= left
-            cur[0], cur[1], cur[2] = cur[0] + 1, 0, self._epoch(lang, cur[0] + 1)
+            cur = self._current(lang)
+            n = min(units, len(cur[2]) - cur[1])
+            cur[1] += n
+            units -= n
 
     # -- one language ---------------------------------------------------------------------------------------
     def language_batches(self, lang: str, n: int | None = None, *, seed: int | None = None) -> list[list[int]]:

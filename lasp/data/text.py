@@ -143,10 +143,6 @@ class Vocabulary:
     def unk_id(self) -> int:
         return self.index[UNK]
 
-    @property
-    def word_delimiter_id(self) -> int:
-        return self.index[WORD_DELIMITER]
-
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of ``text`` (other than spaces) that have no id."""
         return {c for c in text if c != " " and c not in self.index}

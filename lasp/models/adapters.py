@@ -89,9 +89,6 @@ class LanguageAdapters(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
-    def adapter_parameters(self) -> int:
-        return sum(p.numel() for p in self.adapters.parameters())
-
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()

@@ -9,7 +9,6 @@ system decides what trains: everything (shared), each language's sub-network
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -96,8 +95,7 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
                         callbacks=callbacks, desc=f"finetune[{f.system}]", progress=progress)
     final = run_dir / "final"
     if info.is_main:
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()
-                   if k != "history"}
+        summary = result.as_dict()
         trainable = sum(p.numel() for _, p in system.named_trainable())
         summary.update(stage="finetune", system=f.system, init=init, init_from=why, languages=languages,
                        trainable_parameters=trainable, normalize=normalize)

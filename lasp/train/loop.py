@@ -24,7 +24,8 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -68,7 +69,10 @@ class TrainResult:
     elapsed_s: float
     last_loss: float | None
     stopped_by: str  # "max_steps" | "max_minutes"
-    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """JSON-ready fields (paths as strings): the start of a stage's train_summary.json."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _autocast(device: torch.device, precision: str):

@@ -11,7 +11,6 @@ means the quantizer is collapsing, and a warning says so.
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -75,8 +74,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
                         progress=progress)
     final = run_dir / "final"
     if info.is_main:
-        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()
-                   if k != "history"}
+        summary = result.as_dict()
         summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
         final = export_final(system, run_dir, cfg, summary)
     D.barrier(info)
