@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 import time
 
-from lasp.config.schema import DataConfig
+from lasp.cli.options import add_existing_flags
+from lasp.data.config import DataConfig
 from lasp.errors import ConfigError
 
 
@@ -122,11 +123,8 @@ def register(sub) -> None:
     def bad_policy(q):
         q.add_argument("--on-bad", choices=["skip", "error"], default="skip",
                        help="skip (and count) rows with missing/unreadable audio, or stop at the first")
-        how = q.add_mutually_exclusive_group()
-        how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
-                         help="add these languages to manifests already in --out")
-        how.add_argument("--force", dest="existing", action="store_const", const="replace",
-                         help="replace manifests already in --out")
+        add_existing_flags(q, append_help="add these languages to manifests already in --out",
+                           force_help="replace manifests already in --out")
 
     q = dsub.add_parser("import-commonvoice", help="Common Voice release (ROOT/<lang>/{train,dev,test}.tsv, clips/)")
     q.add_argument("root")

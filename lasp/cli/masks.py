@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from lasp.cli.train import add_explain, print_explain
+from lasp.cli.options import add_existing_flags, add_explain, print_explain
+from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
 
 
@@ -51,7 +52,6 @@ def prune_command(args: argparse.Namespace) -> int:
     if not args.out:
         raise ConfigError("lasp prune needs --out DIR (the mask-set directory to write)")
 
-    from lasp.config.recipe import load_recipe
     from lasp.search.methods import prune_to_dir, specificity_summary
     from lasp.search.checks import check_prune_request
 
@@ -65,8 +65,8 @@ def prune_command(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, overrides)
     languages = args.langs.split(",") if args.langs else None
     # everything that would waste the scoring is checked first (XLSR-53: about a minute per language)
-    check_prune_request(args.out, cfg.data.train, sparsity=cfg.masks.sparsity, pattern=cfg.masks.pattern,
-                        languages=languages, min_utterances=cfg.masks.min_utterances, existing=args.existing)
+    check_prune_request(args.out, cfg.data.train, languages=languages, min_utterances=cfg.masks.min_utterances,
+                        existing=args.existing)
     masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=languages,
                          head=args.head)
     print(masks.summary())
@@ -118,10 +118,7 @@ def register(sub) -> None:
     q.add_argument("--on-bad", choices=["skip", "error"], help="policy for unusable rows (data.on_bad)")
     q.add_argument("--seed", type=int)
     q.add_argument("--min-utterances", type=int, help="rows a language needs to get a mask (masks.min_utterances)")
-    how = q.add_mutually_exclusive_group()
-    how.add_argument("--append", dest="existing", action="store_const", const="append", default="refuse",
-                     help="--out holds a mask set: add (or replace) these languages, keep the others")
-    how.add_argument("--force", dest="existing", action="store_const", const="replace",
-                     help="--out holds a mask set: replace it")
+    add_existing_flags(q, append_help="--out holds a mask set: add (or replace) these languages, keep the others",
+                       force_help="--out holds a mask set: replace it")
     add_explain(q)
     q.set_defaults(handler=prune_command)

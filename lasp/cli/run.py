@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from lasp.cli.train import add_explain, print_explain
-
-DEFAULT_RECIPE = "demo"
+from lasp.cli.options import add_explain, print_explain
+from lasp.cli.preflight import check_output_dir, check_output_file
+from lasp.config.recipe import load_recipe
 
 
 def _load(args: argparse.Namespace):
-    from lasp.config.recipe import load_recipe
-    from lasp.run.runner import demo_recipe_path
+    from lasp.run.runner import demo_recipe_path  # the runner brings torch, transformers, matplotlib: not for --help
 
     recipe = args.recipe or demo_recipe_path()
     return load_recipe(recipe, args.overrides)
@@ -18,19 +17,16 @@ def _load(args: argparse.Namespace):
 
 def _check_outputs(cfg) -> None:
     """Output paths usable before the first stage starts (one line naming the key otherwise)."""
-    from lasp.cli.preflight import check_output_dir, check_output_file
-
     check_output_dir("output_dir", cfg.output_dir)
-    settings = cfg.extra.get("run")
-    if settings is not None:
-        check_output_dir("run.corpus", settings.corpus)
-        check_output_file("run.report", settings.report)
+    if cfg.run is not None:
+        check_output_dir("run.corpus", cfg.run.corpus)
+        check_output_file("run.report", cfg.run.report)
 
 
 def run_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.run.runner import clean, run
+    from lasp.run.runner import clean, run  # the runner brings torch, transformers, matplotlib: not for --help
 
     cfg = _load(args)
     _check_outputs(cfg)
@@ -43,7 +39,7 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    from lasp.run.runner import report_from_outputs
+    from lasp.run.runner import report_from_outputs  # the runner brings torch, transformers, matplotlib
 
     print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
     return 0

@@ -4,19 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from lasp.config.recipe import explain, load_recipe
+from lasp.cli.options import add_explain, print_explain
+from lasp.config.recipe import config_to_dict, load_recipe
 from lasp.errors import ConfigError
-
-
-def add_explain(p: argparse.ArgumentParser) -> None:
-    """``--explain``: list every recipe key (all sections) with type, default and help, then exit."""
-    p.add_argument("--explain", action="store_true",
-                   help="list every recipe key of every section with its type, default and help, and exit")
-
-
-def print_explain() -> int:
-    print("\n".join(explain()))
-    return 0
 
 
 def _add(sub, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -85,8 +75,6 @@ def _validate(args) -> int:
         return print_explain()
     cfg = _recipe(args, None)
     if args.json:
-        from lasp.config.recipe import config_to_dict
-
         print(json.dumps(config_to_dict(cfg), indent=2))
     else:
         print(f"{args.recipe}: ok")

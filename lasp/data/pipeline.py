@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from lasp.config.schema import DataConfig
+from lasp.data.config import DataConfig
 from lasp.errors import ConfigError, DataError
 
 
