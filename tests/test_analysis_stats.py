@@ -186,7 +186,7 @@ def _hyp(ref: str, p: float, rng) -> str:
 def write_run(root, seed, error_rates, langs=("es", "de", "tr"), low=("tr",), utts=25):
     """A finished `lasp run` directory as its writers leave it: recipe.yaml and eval-<system>/."""
     cfg = load_recipe(demo_recipe_path(), [f"seed={seed}"])
-    run = cfg.extra["run"]
+    run = cfg.run
     run.languages, run.low_resource, run.systems = list(langs), list(low), list(error_rates)
     out = root / f"seed{seed}"
     save_recipe(cfg, out / "recipe.yaml")

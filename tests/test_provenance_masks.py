@@ -188,7 +188,7 @@ def test_prune_checks_out_and_sparsity_before_scoring(tmp_path, corpus, capsys, 
     base = ["masks", "prune", "--model", "tiny", "--data", str(corpus["train"]), "--min-utterances", "2"]
     for extra, expected in ((["--out", str(afile)], "is a file"),
                             (["--out", str(tmp_path / "m"), "--sparsity", "1.5"], "sparsity' must be in [0, 1)"),
-                            (["--out", str(tmp_path / "m"), "--pattern", "4:2"], "--pattern must be")):
+                            (["--out", str(tmp_path / "m"), "--pattern", "4:2"], "key 'masks.pattern' must be")):
         capsys.readouterr()
         assert main([*base, *extra]) == 1
         assert expected in capsys.readouterr().err

@@ -6,7 +6,9 @@ import pytest
 
 from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
-from lasp.run.runner import _progress, demo_recipe_path, plan_jobs, run, run_settings
+from lasp.run.inputs import corpus_kind, make_corpus
+from lasp.run.runner import demo_recipe_path, plan_jobs, run, run_settings
+from lasp.run.schedule import _progress
 
 
 def test_demo_recipe_is_the_repository_recipe():
@@ -34,7 +36,7 @@ def test_progress_shows_steps_or_the_time_budget(tmp_path):
     cfg = load_recipe(demo_recipe_path(), [f"output_dir={tmp_path}"])
     jobs = {j.name: j for j in plan_jobs(cfg, run_settings(cfg), tmp_path / "stages.yaml")}
     # the demo trains every stage for a fixed number of steps
-    assert _progress(jobs["base"], 170, 30.4) == f" step 170/{cfg.extra['run'].base_steps} (30s)"
+    assert _progress(jobs["base"], 170, 30.4) == f" step 170/{cfg.run.base_steps} (30s)"
     assert "pretrain.max_minutes=null" in jobs["base"].argv
     assert _progress(jobs["finetune-lasp"], 80, 24.0) == f" step 80/{cfg.finetune.max_steps} (24s)"
     assert _progress(jobs["masks"], None, 5.0) == " (5s)"
@@ -57,20 +59,26 @@ def test_every_pretraining_stage_is_scheduled_before_any_finetuning(tmp_path):
 def test_demo_systems_train_equal_steps():
     cfg = load_recipe(demo_recipe_path())
     assert cfg.finetune.max_minutes is None and cfg.pretrain.max_minutes is None
-    assert cfg.extra["run"].base_minutes is None
+    assert cfg.run.base_minutes is None
 
 
-def test_bad_run_settings_are_named(tmp_path):
+def test_bad_run_settings_are_named_when_the_recipe_loads():
     for override, key in (("run.base_steps=0", "run.base_steps"), ("run.base_minutes=-1", "run.base_minutes"),
-                          ("run.parallel=0", "run.parallel")):
-        cfg = load_recipe(demo_recipe_path(), [override])
-        with pytest.raises(ConfigError, match=key):
-            run_settings(cfg)
+                          ("run.parallel=0", "run.parallel"), ("run.base_threads=0", "run.base_threads")):
+        with pytest.raises(ConfigError, match=f"demo.yaml: key '{key}' must be"):
+            load_recipe(demo_recipe_path(), [override])
 
 
-def test_unknown_system_is_named(tmp_path):
-    cfg = load_recipe(demo_recipe_path(), ["run.systems=[shared,lora]"])
-    with pytest.raises(ConfigError, match="unknown system 'lora'"):
+def test_unknown_system_is_named():
+    with pytest.raises(ConfigError, match=r"key 'run.systems\[1\]' must be one of 'shared', 'lasp', 'random', "
+                                          r"'adapters', got 'lora'"):
+        load_recipe(demo_recipe_path(), ["run.systems=[shared,lora]"])
+
+
+def test_a_recipe_without_a_run_section_is_refused_by_lasp_run(tmp_path):
+    cfg = load_recipe(None)
+    assert cfg.run is None
+    with pytest.raises(ConfigError, match="this recipe has no 'run' section"):
         run_settings(cfg)
 
 
@@ -115,8 +123,6 @@ def test_a_local_checkpoint_is_the_base(tmp_path):
 
 
 def test_corpus_rules(tmp_path):
-    from lasp.run.runner import corpus_kind, make_corpus
-
     corpus = tmp_path / "c"
     corpus.mkdir()
     assert corpus_kind(corpus) == "empty"

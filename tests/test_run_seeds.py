@@ -101,7 +101,7 @@ def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_
 
 
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):
-    from lasp.run.runner import make_corpus
+    from lasp.run.inputs import make_corpus
     from lasp.run.report import corpus_sentence
 
     cfg = load_recipe(demo_recipe_path(), [f"run.corpus={tmp_path}/c", "run.languages=[es,de,ru]",
@@ -115,32 +115,62 @@ def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_pa
 
 
 def test_low_resource_language_must_be_a_run_language():
-    cfg = load_recipe(demo_recipe_path(), ["run.low_resource=[fi]"])
-    with pytest.raises(ConfigError, match="run.low_resource: 'fi' is not one of run.languages"):
-        run_settings(cfg)
+    with pytest.raises(ConfigError, match="key 'run.low_resource': 'fi' is not one of run.languages"):
+        load_recipe(demo_recipe_path(), ["run.low_resource=[fi]"])
 
 
-def test_bad_seeds_and_variants_are_named():
-    with pytest.raises(ConfigError, match="run.seeds must be distinct"):
-        run_settings(load_recipe(demo_recipe_path(), ["run.seeds=[0,0]"]))
-    for variants, message in (
-            ("[{name: shared}]", "name 'shared' is taken"),
-            ("[{name: x, overrides: {data.alpha: 1.0}}]", "key 'data.alpha' is not a masks"),
-            ("[{name: x, overrides: {masks.dir: m}}]", "key 'masks.dir' is set by lasp run"),
-            ("[{name: x, pretrain: maybe}]", r"run.variants\[0\].pretrain: must be true or false"),
-            ("[{name: x, overrides: {masks.scorer: fancy}}]", "masks.scorer"),
-            ("[{name: x, system: prompt}]", r"run.variants\[0\].system: must be one of lasp, adapters"),
-            ("[{name: x, overrides: {adapters.dim: 8}}]", "key 'adapters.dim' is not a masks.*, pretrain.*, finetune"),
-            ("[{name: x, system: adapters, overrides: {masks.sparsity: 0.3}}]",
-             "key 'masks.sparsity' is not a adapters.*, finetune.* key for a adapters variant"),
-            ("[{name: x, system: adapters, pretrain: false}]", "an adapters variant has no masks"),
-            ("[{name: x, score_on: dev}]", r"run.variants\[0\].score_on: must be base or shared"),
-            ("[{name: x, overrides: {masks.max_batches: 2}, score_on: shared}]", "score_on: shared needs the shared system"),
-            ("[{name: x, system: adapters, overrides: {adapters.freeze_base: sometimes}}]", "adapters.freeze_base")):
-        cfg = load_recipe(demo_recipe_path(), [f"run.variants={variants}"]
-                          + (["run.systems=[lasp]"] if "needs the shared" in message else []))
+@pytest.mark.parametrize("variants, message", [
+    ("[{name: shared}]", r"key 'run.variants\[0\].name': name 'shared' is taken"),
+    ("[{name: x}, {name: x}]", r"key 'run.variants\[1\].name': name 'x' is taken"),
+    ("[{name: Big}]", r"key 'run.variants\[0\].name' must be lower-case letters"),
+    ("[{overrides: {masks.scorer: fisher}}]", r"key 'run.variants\[0\].name' must be lower-case letters"),
+    ("[{name: x, overrides: {data.alpha: 1.0}}]", "key 'data.alpha' is not a masks"),
+    ("[{name: x, overrides: {masks.dir: m}}]", "key 'masks.dir' is set by lasp run"),
+    ("[{name: x, overrides: 3}]", r"key 'run.variants\[0\].overrides' expects dict"),
+    ("[{name: x, pretrain: maybe}]", r"key 'run.variants\[0\].pretrain' expects bool \| null, got 'maybe'"),
+    ("[{name: x, system: prompt}]", r"key 'run.variants\[0\].system' must be one of 'lasp', 'adapters'"),
+    ("[{name: x, overrides: {adapters.dim: 8}}]", "key 'adapters.dim' is not a masks.*, pretrain.*, finetune"),
+    ("[{name: x, system: adapters, overrides: {masks.sparsity: 0.3}}]",
+     "key 'masks.sparsity' is not a adapters.*, finetune.* key for a adapters variant"),
+    ("[{name: x, system: adapters, pretrain: false}]", "an adapters variant has no masks"),
+    ("[{name: x, system: adapters, pretrain: true}]", "an adapters variant has no masks"),
+    ("[{name: x, system: adapters, score_on: base}]", "an adapters variant has no masks"),
+    ("[{name: x, score_on: dev}]", r"key 'run.variants\[0\].score_on' expects 'base' \| 'shared' \| null, got 'dev'"),
+    ("[{name: x, scorer: fisher}]", r"unknown key 'run.variants\[0\].scorer'"),
+    ("[3]", r"section 'run.variants\[0\]' must be a mapping"),
+])
+def test_bad_variants_are_refused_when_the_recipe_loads(variants, message):
+    with pytest.raises(ConfigError, match="demo.yaml: .*" + message):
+        load_recipe(demo_recipe_path(), [f"run.variants={variants}"])
+
+
+def test_bad_seeds_and_variant_combinations_are_named():
+    with pytest.raises(ConfigError, match="key 'run.seeds' must be distinct"):
+        load_recipe(demo_recipe_path(), ["run.seeds=[0,0]"])
+    with pytest.raises(ConfigError, match="score_on': shared needs the shared system"):
+        load_recipe(demo_recipe_path(), ["run.variants=[{name: x, score_on: shared}]", "run.systems=[lasp]"])
+    # an override's value is checked in the variant's own stage recipe, when the run is planned
+    for variants, message in (("[{name: x, overrides: {masks.scorer: fancy}}]", "key 'masks.scorer' must be one of"),
+                              ("[{name: x, system: adapters, overrides: {adapters.freeze_base: sometimes}}]",
+                               "key 'adapters.freeze_base' expects bool")):
+        cfg = load_recipe(demo_recipe_path(), [f"run.variants={variants}"])
         with pytest.raises(ConfigError, match=message):
             plan_run(cfg)
+
+
+def test_variants_load_typed_and_round_trip(tmp_path):
+    from lasp.config.recipe import save_recipe
+    from lasp.run.variants import pretrains, scored_on_shared
+
+    cfg = load_recipe(demo_recipe_path(), [
+        "run.variants=[{name: no-pre, pretrain: false}, {name: ctc, score_on: shared},"
+        " {name: frozen, system: adapters, overrides: {adapters.freeze_base: true}}]"])
+    no_pre, ctc, frozen = cfg.run.variants
+    assert (no_pre.name, no_pre.overrides, no_pre.system) == ("no-pre", {}, "lasp")
+    assert [pretrains(v) for v in (no_pre, ctc, frozen)] == [False, True, False]
+    assert [scored_on_shared(v) for v in (no_pre, ctc, frozen)] == [False, True, False]
+    assert frozen.overrides == {"adapters.freeze_base": True}
+    assert load_recipe(save_recipe(cfg, tmp_path / "recipe.yaml")) == cfg
 
 
 def test_benchmark_recipe_plans_the_whole_study_without_running_it(tmp_path):
@@ -167,7 +197,7 @@ def test_benchmark_recipe_plans_the_whole_study_without_running_it(tmp_path):
         assert f"finetune.init=runs/benchmark/seed-{seed}/base/final" in ft.argv
         assert f"masks.dir=runs/benchmark/seed-{seed}/masks-lasp" in ft.argv
         assert f"seed-{seed}/pretrain-no-pretraining" not in jobs and f"seed-{seed}/masks-no-pretraining" not in jobs
-        assert f"--seed" in jobs[f"seed-{seed}/masks"].argv
+        assert "--seed" in jobs[f"seed-{seed}/masks"].argv
         assert jobs[f"seed-{seed}/masks"].argv[jobs[f"seed-{seed}/masks"].argv.index("--seed") + 1] == str(seed)
     # each seed synthesizes its own corpus
     assert "runs/benchmark/corpus/seed-1/train.jsonl" in jobs["seed-1/masks"].argv

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 import time
 
-from lasp.cli.options import add_existing_choice
-from lasp.config.schema import DataConfig
+from lasp.cli.options import add_existing_flags
 from lasp.data.commonvoice import import_commonvoice
+from lasp.data.config import DataConfig
 from lasp.data.dataset import SpeechDataset
 from lasp.data.importers import import_hf_disk, import_table
 from lasp.data.manifest import read_manifest
@@ -101,8 +101,8 @@ def register(sub, name: str, help_text: str) -> None:
     def bad_policy(q):
         q.add_argument("--on-bad", choices=["skip", "error"], default="skip",
                        help="skip (and count) rows with missing/unreadable audio, or stop at the first")
-        add_existing_choice(q, append="add these languages to manifests already in --out",
-                            force="replace manifests already in --out")
+        add_existing_flags(q, append_help="add these languages to manifests already in --out",
+                            force_help="replace manifests already in --out")
 
     q = dsub.add_parser("import-commonvoice", help="Common Voice release (ROOT/<lang>/{train,dev,test}.tsv, clips/)")
     q.add_argument("root")

@@ -8,8 +8,7 @@ import os
 from lasp.analysis.overlap_report import overlap_analysis, specificity_summary
 from lasp.analysis.stability import format_stability, search_stability
 from lasp.analysis.tables import write_json
-from lasp.cli.options import add_existing_choice
-from lasp.cli.recipe import add_explain, print_explain
+from lasp.cli.options import add_existing_flags, add_explain, print_explain
 from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
@@ -66,8 +65,8 @@ def prune_command(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, overrides)
     languages = args.langs.split(",") if args.langs else None
     # everything that would waste the scoring is checked first (XLSR-53: about a minute per language)
-    check_prune_request(args.out, cfg.data.train, sparsity=cfg.masks.sparsity, pattern=cfg.masks.pattern,
-                        languages=languages, min_utterances=cfg.masks.min_utterances, existing=args.existing)
+    check_prune_request(args.out, cfg.data.train, languages=languages, min_utterances=cfg.masks.min_utterances,
+                        existing=args.existing)
     masks = prune_to_dir(cfg, cfg.model.name, args.out, languages=languages,
                          head=args.head)
     print(masks.summary())
@@ -130,8 +129,8 @@ def register(sub, name: str, help_text: str) -> None:
     q.add_argument("--on-bad", choices=["skip", "error"], help="policy for unusable rows (data.on_bad)")
     q.add_argument("--seed", type=int)
     q.add_argument("--min-utterances", type=int, help="rows a language needs to get a mask (masks.min_utterances)")
-    add_existing_choice(q, append="--out holds a mask set: add (or replace) these languages, keep the others",
-                        force="--out holds a mask set: replace it")
+    add_existing_flags(q, append_help="--out holds a mask set: add (or replace) these languages, keep the others",
+                        force_help="--out holds a mask set: replace it")
     add_explain(q)
     q.set_defaults(handler=prune_command)
 

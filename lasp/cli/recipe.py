@@ -1,22 +1,13 @@
-"""Recipe handling every recipe command shares (`--explain`, load + checks), and `lasp validate RECIPE`."""
+"""The recipe arguments every recipe command shares (RECIPE, key=value overrides, --explain), and
+`lasp validate RECIPE`."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from lasp.config.recipe import config_to_dict, explain, load_recipe
+from lasp.cli.options import add_explain, print_explain
+from lasp.config.recipe import config_to_dict, load_recipe
 from lasp.errors import ConfigError
-
-
-def add_explain(p: argparse.ArgumentParser) -> None:
-    """``--explain``: list every recipe key (all sections) with type, default and help, then exit."""
-    p.add_argument("--explain", action="store_true",
-                   help="list every recipe key of every section with its type, default and help, and exit")
-
-
-def print_explain() -> int:
-    print("\n".join(explain()))
-    return 0
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from lasp.cli.options import add_explain, print_explain
 from lasp.cli.preflight import check_output_dir, check_output_file
-from lasp.cli.recipe import add_explain, print_explain
 from lasp.config.recipe import load_recipe
 from lasp.run.runner import clean, demo_recipe_path, report_from_outputs, run
 
@@ -19,10 +19,9 @@ def _load(args: argparse.Namespace):
 def _check_outputs(cfg) -> None:
     """Output paths usable before the first stage starts (one line naming the key otherwise)."""
     check_output_dir("output_dir", cfg.output_dir)
-    settings = cfg.extra.get("run")
-    if settings is not None:
-        check_output_dir("run.corpus", settings.corpus)
-        check_output_file("run.report", settings.report)
+    if cfg.run is not None:
+        check_output_dir("run.corpus", cfg.run.corpus)
+        check_output_file("run.report", cfg.run.report)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -1,16 +1,15 @@
 """Recipes: YAML files mapped onto the typed dataclasses of :mod:`lasp.config.schema`.
 
 ``load_recipe(path, overrides)`` reads a recipe with YAML (safe loading, no base-60 numbers), applies
-``key=value`` overrides (dotted keys, values parsed as YAML), and checks every
-key and type against the schema before any work starts: an unknown or mistyped
-key raises :class:`~lasp.errors.ConfigError` naming the key (and the closest
-valid one). Other lasp commands may add whole sections with
-:func:`register_section`; they are checked the same way.
+``key=value`` overrides (dotted keys, values parsed as YAML), and checks every key, type and value against the
+schema before any work starts (:mod:`lasp.config.checks`): an unknown or mistyped key, or a value out of range,
+raises :class:`~lasp.errors.ConfigError` naming the key (and the closest valid one).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lasp.config.checks import check_config
 from lasp.config.schema import (  # noqa: F401  (re-exported: the public schema)
     SYSTEMS,
     AdapterConfig,
@@ -32,10 +32,10 @@ from lasp.config.schema import (  # noqa: F401  (re-exported: the public schema)
     RecipeConfig,
     RunConfig,
     StageConfig,
+    VariantConfig,
 )
 from lasp.errors import ConfigError
-
-_EXTRA_SECTIONS: dict[str, type] = {}
+from lasp.io import atomic_write
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -72,37 +72,38 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
 
 
-def register_section(name: str, cls: type) -> None:
-    """Let recipes carry a section ``name`` typed by dataclass ``cls`` (found in ``cfg.extra[name]``)."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"section {name!r} must be a dataclass, got {cls!r}")
-    if name in {f.name for f in dataclasses.fields(RecipeConfig)}:
-        raise ValueError(f"section {name!r} is already part of the recipe schema")
-    _EXTRA_SECTIONS[name] = cls
-
-
-# `lasp run` reads this section; every other command ignores it
-register_section("run", RunConfig)
-
-
 # --------------------------------------------------------------------------- typing helpers
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """How an error or `--explain` spells a schema type: ``int | null``, ``'oneshot' | 'imp'``, ``list[str]``."""
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
     if origin is not None:
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
+
+
+def section_type(tp: Any) -> type | None:
+    """The dataclass a field holds (``RunConfig`` for ``RunConfig | None``), or None for a plain value."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+class _NotFinite(ConfigError):
+    """A float key given inf or nan: reported as such, not as the type it failed to be."""
 
 
 def _coerce(value: Any, tp: Any, key: str, where: str, base: Any = None) -> Any:
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``key`` (``base``: defaults of a section)."""
     def fail() -> ConfigError:
-        return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+        return ConfigError(f"{where}: key '{key}' expects {type_name(tp)}, got {value!r}")
 
     if tp is Any:
         return value
@@ -113,11 +114,16 @@ def _coerce(value: Any, tp: Any, key: str, where: str, base: Any = None) -> Any:
             if type(None) in args:
                 return None
             raise fail()
+        section = section_type(tp)
+        if section is not None and isinstance(value, dict):  # a section's own errors name its keys
+            return _build(section, value, key, where, base)
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, where)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise fail()
@@ -149,22 +155,22 @@ def _coerce(value: Any, tp: Any, key: str, where: str, base: Any = None) -> Any:
     if tp is float:
         # YAML 1.1 reads "1e-3" as a string; accept any number spelled that way
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise fail() from None
-        raise fail()
+        else:
+            raise fail()
+        if not math.isfinite(number):  # no stage trains, prunes or samples with inf or nan
+            raise _NotFinite(f"{where}: key '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
         raise fail()
     raise fail()
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
@@ -181,8 +187,8 @@ def _build(cls: type, data: Any, prefix: str, where: str, base: Any = None) -> A
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: section '{prefix}' must be a mapping, got {data!r}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra" or cls is not RecipeConfig]
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
@@ -217,11 +223,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section (an ``overrides`` mapping is merged one level, not deeper)."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = {**out[key], **value}
         else:
@@ -231,10 +238,7 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any] | None, *, where: str = "recipe") -> RecipeConfig:
     """Build and check a RecipeConfig from a plain mapping (a parsed recipe)."""
-    data = dict(data or {})
-    extra_raw = {name: data.pop(name) for name in list(data) if name in _EXTRA_SECTIONS}
-    cfg = _build(RecipeConfig, data, "", where)
-    cfg.extra = {name: _build(_EXTRA_SECTIONS[name], raw, name, where) for name, raw in extra_raw.items()}
+    cfg = _build(RecipeConfig, dict(data or {}), "", where)
     check_config(cfg, where=where)
     return cfg
 
@@ -254,17 +258,16 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}
-    data = _merge(data, parse_overrides(overrides))
+    data = merge(data, parse_overrides(overrides))
     return config_from_dict(data, where=where)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML-ready mapping of a config (extra sections inlined at the top level)."""
+    """A plain, YAML-ready mapping of a config. A recipe without a run section has no ``run`` key: the stage
+    recipes `lasp run` writes stay what they were before the section was typed."""
     out = dataclasses.asdict(cfg)
-    if isinstance(cfg, RecipeConfig):
-        out.pop("extra", None)
-        for name, section in cfg.extra.items():
-            out[name] = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+    if isinstance(cfg, RecipeConfig) and cfg.run is None:
+        del out["run"]
     return out
 
 
@@ -272,69 +275,7 @@ def save_recipe(cfg: RecipeConfig, path: str | Path) -> Path:
     """Write the resolved recipe next to a run so the run can be reproduced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
-    return path
-
-
-def check_config(cfg: RecipeConfig, *, where: str = "recipe") -> None:
-    """Value checks the types alone cannot express (ranges, combinations)."""
-    def bad(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{where}: key '{key}' {why}")
-
-    if cfg.seed < 0:
-        raise bad("seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.seed}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise bad("threads", "must be >= 1")
-    if not 0.0 <= cfg.masks.sparsity < 1.0:
-        raise bad("masks.sparsity", f"must be in [0, 1), got {cfg.masks.sparsity}")
-    for key in ("max_batches", "imp_rounds", "imp_steps"):
-        if getattr(cfg.masks, key) < 1:
-            raise bad(f"masks.{key}", "must be >= 1")
-    if cfg.adapters.dim < 1:
-        raise bad("adapters.dim", "must be >= 1")
-    if cfg.data.batch_size is None and cfg.data.max_batch_seconds is None:
-        raise bad("data.batch_size", "and data.max_batch_seconds cannot both be null")
-    if cfg.data.batch_size is not None and cfg.data.batch_size < 1:
-        raise bad("data.batch_size", "must be >= 1")
-    if cfg.data.max_seconds <= 0:
-        raise bad("data.max_seconds", "must be > 0")
-    if len(set(cfg.data.languages)) != len(cfg.data.languages):
-        raise bad("data.languages", "lists a language twice")
-    for stage in ("pretrain", "finetune"):
-        sc: StageConfig = getattr(cfg, stage)
-        if sc.max_steps < 1:
-            raise bad(f"{stage}.max_steps", "must be >= 1")
-        if sc.max_minutes is not None and sc.max_minutes <= 0:
-            raise bad(f"{stage}.max_minutes", "must be > 0")
-        for key in ("log_every", "ckpt_every", "keep_checkpoints"):
-            if getattr(sc, key) < 1:
-                raise bad(f"{stage}.{key}", "must be >= 1")
-        o = sc.optim
-        if o.lr <= 0:
-            raise bad(f"{stage}.optim.lr", "must be > 0")
-        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-            raise bad(f"{stage}.optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
-        if len(o.tri_stage_ratios) != 3 or abs(sum(o.tri_stage_ratios) - 1.0) > 1e-6 or min(o.tri_stage_ratios) < 0:
-            raise bad(f"{stage}.optim.tri_stage_ratios", f"must be three fractions summing to 1, got {o.tri_stage_ratios}")
-        if o.warmup_steps < 0:
-            raise bad(f"{stage}.optim.warmup_steps", "must be >= 0")
-        if not 0 < o.final_lr_scale <= 1:
-            raise bad(f"{stage}.optim.final_lr_scale", "must be in (0, 1]")
-    if cfg.pretrain.system == "adapters":
-        raise bad("pretrain.system", "'adapters' is a fine-tuning baseline; pre-train with shared, lasp or random")
-    p = cfg.pretrain
-    if not 0 < p.mask_time_prob <= 1:
-        raise bad("pretrain.mask_time_prob", "must be in (0, 1]")
-    if p.mask_time_length < 1 or p.num_negatives < 1:
-        raise bad("pretrain.mask_time_length", "and pretrain.num_negatives must be >= 1")
-    if not 0 < p.gumbel_min <= p.gumbel_max:
-        raise bad("pretrain.gumbel_min", "must be in (0, gumbel_max]")
-    if not 0 < p.gumbel_decay <= 1:
-        raise bad("pretrain.gumbel_decay", "must be in (0, 1]")
-    if not 0 <= cfg.finetune.mask_time_prob < 1:
-        raise bad("finetune.mask_time_prob", "must be in [0, 1)")
-    if cfg.evaluate.batch_size < 1:
-        raise bad("evaluate.batch_size", "must be >= 1")
+    return atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def stage_run_dir(cfg: RecipeConfig, stage: str) -> Path:
@@ -343,34 +284,3 @@ def stage_run_dir(cfg: RecipeConfig, stage: str) -> Path:
     if sc.run_dir:
         return Path(sc.run_dir)
     return Path(cfg.output_dir) / f"{stage}-{sc.system}"
-
-
-def explain() -> list[str]:
-    """Every recipe key, section by section: ``key: type = default`` and an indented line of help.
-
-    What `lasp <command> --explain` prints. Defaults are those of a recipe that leaves the key out (a
-    section's own defaults, so finetune.optim.schedule shows tri-stage). Sections registered with
-    :func:`register_section` (``run``) are included.
-    """
-    from lasp.config.help import SECTIONS, help_for
-
-    lines: list[str] = []
-
-    def walk(cls: type, instance: Any, prefix: str) -> None:
-        hints = _hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if not (cls is RecipeConfig and f.name == "extra")]
-        scalars = [f for f in fields if not dataclasses.is_dataclass(hints[f.name])]
-        if scalars:
-            section = prefix.rstrip(".")
-            lines.append(f"# {section}: {SECTIONS.get(section, '')}" if section else f"# {SECTIONS['']}")
-        for f in scalars:
-            lines.append(f"{prefix}{f.name}: {_type_name(hints[f.name])} = {getattr(instance, f.name)!r}")
-            lines.append(f"    {help_for(cls, f.name)}")
-        for f in fields:
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], getattr(instance, f.name), f"{prefix}{f.name}.")
-
-    walk(RecipeConfig, RecipeConfig(), "")
-    for name, cls in _EXTRA_SECTIONS.items():
-        walk(cls, cls(), f"{name}.")
-    return lines

@@ -1,228 +1,232 @@
-"""The recipe schema: typed sections of a lasp YAML recipe.
+"""The recipe schema: typed sections of a lasp YAML recipe, each key with its help in ``metadata["help"]``.
 
-One recipe can hold every stage (model, data, masks, pretrain, finetune,
-evaluate); each stage command reads the sections it needs. Field comments are
-the help text `lasp validate --explain` prints. Paths are strings relative to
-the working directory the command runs in.
+One recipe can hold every stage (model, data, masks, pretrain, finetune, evaluate) and the whole comparison
+(run); each command reads the sections it needs. A field's help is what `lasp <command> --explain` prints next
+to its type and default; the help of a field that holds a section is that section's heading. The ``masks`` and
+``data`` sections belong to the packages that read them (:mod:`lasp.search.config`, :mod:`lasp.data.config`).
+Paths are strings relative to the working directory the command runs in.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SYSTEMS = ("shared", "lasp", "random", "adapters")
+from lasp.data.config import DataConfig
+from lasp.search.config import MaskConfig
+
+System = Literal["shared", "lasp", "random", "adapters"]
+SYSTEMS: tuple[str, ...] = typing.get_args(System)
 
 
 @dataclass
 class ModelConfig:
-    # a preset ("tiny" | "base" | "xlsr-53", random weights) or a local checkpoint directory
-    name: str = "tiny"
-    # Wav2Vec2Config fields to override, e.g. {hidden_dropout: 0.0, do_stable_layer_norm: true}
-    overrides: dict[str, Any] = field(default_factory=dict)
+    """The model every stage starts from unless a stage names its own ``init``."""
 
-
-@dataclass
-class DataConfig:
-    # manifests (see lasp.data.manifest); train is required by pretrain/finetune, test by evaluate
-    train: str | None = None
-    valid: str | None = None
-    test: str | None = None
-    # languages to use; empty = every language in the training manifest
-    languages: list[str] = field(default_factory=list)
-    # directory holding vocab.json; built from the training transcripts (and saved there) when missing
-    vocab: str | None = None
-    # utterances longer than this are dropped (seconds)
-    max_seconds: float = 15.0
-    # what to do with a bad row: skip it (and count it) or raise
-    on_bad: Literal["skip", "error"] = "skip"
-    # XLSR language sampling exponent: p(lang) ∝ (n_lang/N)^alpha
-    alpha: float = 0.5
-    # utterances per batch (per rank); or set max_batch_seconds for duration-bounded batches
-    batch_size: int | None = 4
-    max_batch_seconds: float | None = None
-    # false: every batch holds one language (language-adaptive training needs this for pretraining)
-    mixed: bool = False
-    # DataLoader worker processes decoding and collating batches (0: in the training process)
-    num_workers: int = 0
-    # batches each worker prepares ahead (DataLoader prefetch_factor; ignored with num_workers 0)
-    prefetch_factor: int = 2
-
-
-@dataclass
-class MaskConfig:
-    # mask set directory; searched and written there when it does not exist yet
-    dir: str | None = None
-    # oneshot: score once and prune; imp: iterative pruning with rewinding (sparse sharing); lass: adapt to the
-    # language, then prune (LaSS)
-    method: Literal["oneshot", "imp", "lass"] = "oneshot"
-    scorer: Literal["magnitude", "taylor", "fisher", "random"] = "taylor"
-    # fraction of each targeted tensor (or of all targets, scope=global) that is pruned per language
-    sparsity: float = 0.5
-    scope: Literal["per-tensor", "global"] = "per-tensor"
-    pattern: str = "unstructured"
-    # batches per language used for scoring
-    max_batches: int = 8
-    # regexes over parameter names; null = lasp.masks.targets.DEFAULT_TARGETS
-    targets: list[str] | None = None
-    # imp only: R rounds of (k steps of training on the language, prune, rewind to the shared weights)
-    imp_rounds: int = 3
-    imp_steps: int = 50
-    imp_lr: float = 5e-4
-    # use the mask set in dir (or the starting model's) even if its recorded scorer/sparsity/data/... differ
-    reuse: bool = False
-    # a language needs at least this many training rows to get a mask searched for it
-    min_utterances: int = 20
-    # lass only: Adam steps and learning rate of each language's short adaptation of the shared model, and what
-    # is pruned afterwards: the smallest adapted weights (magnitude) or the least-changed ones (change)
-    lass_steps: int = 50
-    lass_lr: float = 5e-4
-    lass_criterion: Literal["magnitude", "change"] = "change"
+    name: str = field(default="tiny", metadata={
+        "help": "a preset (tiny, base, xlsr-53; random weights) or a local Hugging Face model folder"})
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Wav2Vec2Config fields to change, e.g. {hidden_dropout: 0.0}"})
 
 
 @dataclass
 class AdapterConfig:
-    # bottleneck width of the MMS-style adapter after every encoder layer (transformers' adapter_attn_dim)
-    dim: int = 16
-    # MMS trains only the adapters (and the shared CTC head); false also trains the base model
-    freeze_base: bool = True
+    """The MMS-style adapter baseline."""
+
+    dim: int = field(default=16, metadata={
+        "help": "bottleneck width of the adapter after every encoder layer (transformers' adapter_attn_dim)"})
+    freeze_base: bool = field(default=True, metadata={
+        "help": "train only the adapters and the CTC head (as MMS does); false also trains the model"})
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    # tri-stage: warm-up / hold / exponential decay (fairseq wav2vec fine-tuning); linear-warmup: warm-up then
-    # constant; constant: no warm-up
-    schedule: Literal["tri-stage", "linear-warmup", "constant"] = "linear-warmup"
-    warmup_steps: int = 100
-    # tri-stage fractions of max_steps for warm-up, hold and decay (warmup_steps is ignored there)
-    tri_stage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])
-    # tri-stage starts at and decays to lr * final_lr_scale
-    final_lr_scale: float = 0.05
-    # gradient clipping (global norm); 0 disables
-    max_grad_norm: float = 10.0
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate of AdamW"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98], metadata={
+        "help": "AdamW betas [beta1, beta2], each in [0, 1)"})
+    eps: float = field(default=1e-6, metadata={"help": "AdamW epsilon"})
+    schedule: Literal["tri-stage", "linear-warmup", "constant"] = field(default="linear-warmup", metadata={
+        "help": "tri-stage (warm-up/hold/decay, wav2vec 2.0 fine-tuning), linear-warmup, or constant"})
+    warmup_steps: int = field(default=100, metadata={
+        "help": "linear-warmup: steps of linear warm-up (ignored by tri-stage)"})
+    tri_stage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5], metadata={
+        "help": "tri-stage: fractions of max_steps for warm-up, hold and decay (sum to 1)"})
+    final_lr_scale: float = field(default=0.05, metadata={
+        "help": "tri-stage: starts at and decays to lr * final_lr_scale, in (0, 1]"})
+    max_grad_norm: float = field(default=10.0, metadata={
+        "help": "clip gradients to this global norm; 0 disables clipping"})
 
 
 @dataclass
 class StageConfig:
-    # where checkpoints, logs and the final model go; null = <output_dir>/<stage>-<system>
-    run_dir: str | None = None
-    # starting weights: a local model directory or a preset (finetune also: pretrain = this recipe's pre-training
-    # output, which must exist); null = model.name
-    init: str | None = None
-    # which system trains: shared (no masks), lasp (importance masks), random (random masks at the same
-    # sparsity), adapters (MMS-style per-language adapters; fine-tuning only)
-    system: Literal["shared", "lasp", "random", "adapters"] = "lasp"
-    max_steps: int = 1000
-    # stop early after this many minutes of training (equal-wall-time comparisons); null = no limit
-    max_minutes: float | None = None
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    log_every: int = 10
-    # save a checkpoint every N steps (and at the end); keep the newest keep_checkpoints
-    ckpt_every: int = 200
-    keep_checkpoints: int = 2
-    # autocast precision on GPU (ignored on CPU, where training runs in fp32)
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    # continue from the latest checkpoint in run_dir when there is one
-    resume: bool = True
-    # recipe keys allowed to differ from the ones the run started with when resuming, e.g. [max_steps,
-    # max_minutes] (stage keys by name, others dotted: data.batch_size)
-    resume_allow: list[str] = field(default_factory=list)
+    """What pre-training and fine-tuning share: the system, the steps, checkpoints, precision, resuming."""
+
+    run_dir: str | None = field(default=None, metadata={
+        "help": "checkpoints, metrics.jsonl and final/ go here; null = <output_dir>/<stage>-<system>"})
+    init: str | None = field(default=None, metadata={
+        "help": "starting weights (model folder or preset); null = the previous stage's output or model.name"})
+    system: System = field(default="lasp", metadata={
+        "help": "what trains: shared (no masks), lasp (importance masks), random (random masks, same "
+                "sparsity), adapters (fine-tuning only)"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "stop after this many minutes of training (counted across resumes); null = no limit"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={
+        "help": "optimizer and learning-rate schedule"})
+    log_every: int = field(default=10, metadata={
+        "help": "write metrics (metrics.jsonl, TensorBoard) every N steps"})
+    ckpt_every: int = field(default=200, metadata={"help": "save a checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="bf16", metadata={
+        "help": "autocast precision on GPU: fp32, bf16 or fp16 (CPU always trains in fp32)"})
+    resume: bool = field(default=True, metadata={
+        "help": "continue from the newest checkpoint in run_dir when there is one"})
+    resume_allow: list[str] = field(default_factory=list, metadata={
+        "help": "keys that may differ from the recipe the run started with when resuming, e.g. [max_steps]"})
 
 
 @dataclass
 class PretrainConfig(StageConfig):
-    # wav2vec 2.0 pre-training masking: each frame starts a span with this probability
-    mask_time_prob: float = 0.65
-    mask_time_length: int = 10
-    num_negatives: int = 100
-    diversity_weight: float = 0.1
-    # Gumbel softmax temperature: max * decay^step, floored at min
-    gumbel_max: float = 2.0
-    gumbel_min: float = 0.5
-    gumbel_decay: float = 0.999995
-    # warn when codevector perplexity falls below this fraction of the codebook size (collapse)
-    perplexity_warn: float = 0.1
+    """Continued wav2vec 2.0 pre-training: contrastive loss over masked spans plus codebook diversity."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={
+        "help": "optimizer and learning-rate schedule of pre-training"})
+    mask_time_prob: float = field(default=0.65, metadata={
+        "help": "probability that a frame starts a masked span (wav2vec 2.0: 0.65)"})
+    mask_time_length: int = field(default=10, metadata={"help": "masked span length in frames (wav2vec 2.0: 10)"})
+    num_negatives: int = field(default=100, metadata={
+        "help": "distractors per masked frame in the contrastive loss (wav2vec 2.0: 100)"})
+    diversity_weight: float = field(default=0.1, metadata={
+        "help": "weight of the codebook diversity loss (wav2vec 2.0: 0.1)"})
+    gumbel_max: float = field(default=2.0, metadata={"help": "Gumbel softmax temperature at step 0"})
+    gumbel_min: float = field(default=0.5, metadata={"help": "lowest Gumbel temperature (the decay stops there)"})
+    gumbel_decay: float = field(default=0.999995, metadata={
+        "help": "temperature = max(gumbel_max * gumbel_decay^step, gumbel_min)"})
+    perplexity_warn: float = field(default=0.1, metadata={
+        "help": "warn when codevector perplexity drops below this fraction of the codebook (collapse)"})
 
 
 @dataclass
 class FinetuneConfig(StageConfig):
-    freeze_feature_encoder: bool = True
-    # SpecAugment-style time masking during fine-tuning (0 disables)
-    mask_time_prob: float = 0.05
-    mask_time_length: int = 10
-    # the fine-tuning default follows wav2vec 2.0 (tri-stage, lr 5e-5 at paper scale)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="tri-stage"))
+    """Multilingual CTC fine-tuning; its schedule defaults to wav2vec 2.0's tri-stage."""
+
+    freeze_feature_encoder: bool = field(default=True, metadata={
+        "help": "keep the CNN feature encoder fixed (as wav2vec 2.0 fine-tuning does)"})
+    mask_time_prob: float = field(default=0.05, metadata={
+        "help": "SpecAugment-style time masking probability during fine-tuning; 0 disables"})
+    mask_time_length: int = field(default=10, metadata={"help": "time mask span in frames"})
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="tri-stage"), metadata={
+        "help": "optimizer and learning-rate schedule of fine-tuning"})
 
 
 @dataclass
 class EvaluateConfig:
-    # fine-tuned model directory (finetune's <run_dir>/final); null = this recipe's finetune output
-    model: str | None = None
-    # manifest split to decode: test or valid
-    split: Literal["test", "valid"] = "test"
-    # where recogs-*, errs-*, wer-summary-* and results.json go; null = <model>/../eval
-    out_dir: str | None = None
-    batch_size: int = 8
-    # languages to evaluate; empty = every language in the manifest
-    languages: list[str] = field(default_factory=list)
+    """Greedy CTC decoding of a manifest split and its per-language error rates."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "fine-tuned model folder; null = this recipe's finetune output (<run_dir>/final)"})
+    split: Literal["test", "valid"] = field(default="test", metadata={"help": "manifest to decode: test or valid"})
+    out_dir: str | None = field(default=None, metadata={
+        "help": "where recogs-*, errs-*, wer-summary-* and results.json go; null = <model>/../eval"})
+    batch_size: int = field(default=8, metadata={"help": "utterances per decoding batch"})
+    languages: list[str] = field(default_factory=list, metadata={
+        "help": "languages to evaluate; empty = every language in the manifest"})
+
+
+@dataclass
+class VariantConfig:
+    """One ablation of `lasp run`: an extra system on the same base model, changed by the overrides it names.
+
+    ``pretrain`` and ``score_on`` are null unless a lasp variant sets them (null: pre-trained, scored on the
+    base model), so that an adapters variant that sets either is refused rather than silently ignored.
+    """
+
+    name: str = field(default="", metadata={
+        "help": "the variant's name in folders and tables: lower-case letters, digits, '.', '_' or '-'; not a "
+                "system's, a stage's or another variant's"})
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "recipe keys the variant changes, e.g. {masks.scorer: magnitude}: masks.*, pretrain.*, "
+                "finetune.* for a lasp variant; adapters.*, finetune.* for an adapters variant"})
+    pretrain: bool | None = field(default=None, metadata={
+        "help": "lasp variants: false fine-tunes the masked base model without language-adaptive "
+                "pre-training; null = true"})
+    score_on: Literal["base", "shared"] | None = field(default=None, metadata={
+        "help": "lasp variants: score the masks on the base model (base; null) or with the CTC loss on the "
+                "fine-tuned shared system (shared)"})
+    system: Literal["lasp", "adapters"] = field(default="lasp", metadata={
+        "help": "lasp: a masked system with its own masks (shared when its masks section is lasp's); "
+                "adapters: the adapter baseline with other adapters.* or finetune.* settings"})
 
 
 @dataclass
 class RunConfig:
-    # corpus directory (train/dev/test manifests); made with the offline synthesizer when missing
-    corpus: str = "runs/demo/corpus"
-    # languages of the synthesized corpus and of every stage
-    languages: list[str] = field(default_factory=lambda: ["es", "it", "pt", "de", "ru", "tr"])
-    train_utterances: int = 300
-    dev_utterances: int = 20
-    test_utterances: int = 40
-    # languages that get train_utterances / low_factor utterances
-    low_resource: list[str] = field(default_factory=list)
-    low_factor: float = 5.0
-    # systems to compare (shared, lasp, random, adapters)
-    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    # shared pre-training of the base model before masks are searched: steps, an optional wall-time budget
-    # (null = none; a budget makes the base model depend on the machine's speed), threads
-    base_steps: int = 500
-    base_minutes: float | None = None
-    base_threads: int = 2
-    # stage processes running side by side, one thread each
-    parallel: int = 2
-    # the report (markdown) and its figures
-    report: str = "runs/demo/report.md"
-    # the corpus: "auto" synthesizes one only when run.corpus holds no manifests (manifests without synth.json
-    # are the user's and are only read); "always" requires lasp's synthetic corpus and refuses to write over
-    # manifests lasp did not make; "never" requires existing manifests
-    synthesize: Literal["auto", "always", "never"] = "auto"
-    # seeds: the whole comparison (corpus draw, base model, masks, training) once per seed, in <output_dir>/seed-<s>,
-    # then a multi-seed summary with intervals; empty = the recipe's seed only, in <output_dir>
-    seeds: list[int] = field(default_factory=list)
-    # ablations: [{name, overrides: {masks.*|pretrain.*|finetune.*: value}, pretrain: true|false}], each an extra
-    # lasp system on the same base model, with its own masks (shared when its masks section is lasp's)
-    variants: list[dict[str, Any]] = field(default_factory=list)
-    # a benchmark's seeds_summary.json whose seed-to-seed spread this single-seed report quotes; null = none
-    spread_from: str | None = None
+    """The whole comparison `lasp run` makes: corpus, systems, seeds, ablations, report."""
+
+    corpus: str = field(default="runs/demo/corpus", metadata={
+        "help": "corpus folder (train/dev/test manifests); synthesized offline when missing"})
+    languages: list[str] = field(default_factory=lambda: ["es", "it", "pt", "de", "ru", "tr"], metadata={
+        "help": "languages of the synthesized corpus and of every stage"})
+    train_utterances: int = field(default=300, metadata={
+        "help": "training utterances per language in the synthesized corpus"})
+    dev_utterances: int = field(default=20, metadata={"help": "validation utterances per language"})
+    test_utterances: int = field(default=40, metadata={"help": "test utterances per language"})
+    low_resource: list[str] = field(default_factory=list, metadata={
+        "help": "languages that get train_utterances / low_factor utterances"})
+    low_factor: float = field(default=5.0, metadata={
+        "help": "how much less training data the low-resource languages get"})
+    systems: list[System] = field(default_factory=lambda: list(SYSTEMS), metadata={
+        "help": "systems to compare: shared, lasp, random, adapters"})
+    base_steps: int = field(default=500, metadata={
+        "help": "shared pre-training steps of the base model before masks are searched"})
+    base_minutes: float | None = field(default=None, metadata={
+        "help": "wall-time budget of that base training (null = none; makes it machine-dependent)"})
+    base_threads: int = field(default=2, metadata={"help": "threads of the base training"})
+    parallel: int = field(default=2, metadata={"help": "stage processes running side by side, one thread each"})
+    report: str = field(default="runs/demo/report.md", metadata={
+        "help": "path of the markdown report (its figures go next to it)"})
+    synthesize: Literal["auto", "always", "never"] = field(default="auto", metadata={
+        "help": "auto: synthesize a corpus only when run.corpus has no manifests; always; never (use yours)"})
+    seeds: list[int] = field(default_factory=list, metadata={
+        "help": "run the whole comparison once per seed (in <output_dir>/seed-<s>) and report intervals across "
+                "seeds; empty = the recipe's seed only"})
+    variants: list[VariantConfig] = field(default_factory=list, metadata={
+        "help": "ablations, each an extra lasp system on the same base model (or, with system: adapters, an "
+                "extra adapter baseline): a list of {name, overrides, pretrain, score_on, system}"})
+    spread_from: str | None = field(default=None, metadata={
+        "help": "a benchmark's seeds_summary.json, or lasp:benchmark for the one shipped with lasp; the "
+                "report quotes its seed-to-seed spread (null: none)"})
 
 
 @dataclass
 class RecipeConfig:
-    seed: int = 0
-    # torch.set_num_threads; null leaves torch's default
-    threads: int | None = None
-    # oneDNN kernels for CPU convolutions (torch's default); small models train faster without them, see lasp.device
-    cpu_onednn: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # root for the stages' default run directories
-    output_dir: str = "runs/lasp"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    masks: MaskConfig = field(default_factory=MaskConfig)
-    adapters: AdapterConfig = field(default_factory=AdapterConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    # sections added by other lasp commands (see lasp.config.recipe.register_section); filled by the loader
-    extra: dict[str, Any] = field(default_factory=dict)
+    """A lasp recipe: top-level settings and one section per stage (and, for `lasp run`, the comparison)."""
+
+    seed: int = field(default=0, metadata={
+        "help": "random seed (>= 0) for model initialisation, data order, masking and random masks"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads (torch.set_num_threads); null keeps torch's default"})
+    cpu_onednn: bool = field(default=True, metadata={
+        "help": "use oneDNN for CPU convolutions (torch's default); false is faster for small models"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto (CUDA when available, else CPU), cpu or cuda"})
+    output_dir: str = field(default="runs/lasp", metadata={
+        "help": "root folder of the stages' default run directories (<output_dir>/<stage>-<system>)"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the starting model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={
+        "help": "manifests, batching and language sampling"})
+    masks: MaskConfig = field(default_factory=MaskConfig, metadata={
+        "help": "how each language's sub-network (binary mask) is found"})
+    adapters: AdapterConfig = field(default_factory=AdapterConfig, metadata={
+        "help": "the MMS-style adapter baseline (finetune.system=adapters)"})
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={
+        "help": "language-adaptive continued wav2vec 2.0 pre-training (`lasp pretrain`)"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={
+        "help": "multilingual CTC fine-tuning (`lasp finetune`)"})
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={
+        "help": "greedy CTC decoding and CER/WER (`lasp evaluate`)"})
+    # optional: a recipe without it is a recipe for the stage commands only, and `lasp run` says so
+    run: RunConfig | None = field(default=None, metadata={
+        "help": "the whole comparison (`lasp run`, `lasp report`); other commands ignore it"})

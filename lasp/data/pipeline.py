@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from lasp.config.schema import DataConfig
 from lasp.data.collate import CTCCollator, PretrainCollator
+from lasp.data.config import DataConfig
 from lasp.data.dataset import SpeechDataset
 from lasp.data.manifest import read_manifest
 from lasp.data.sampler import LanguageBatchSampler

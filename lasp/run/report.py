@@ -1,4 +1,5 @@
-"""The report of a `lasp run`: per-language CER/WER of every system, what was scored, cost, overlap.
+"""The report of a `lasp run` (one seed's, and the multi-seed one): per-language CER/WER of every system, what
+was scored, cost, overlap.
 
 Reads only the recipe and what the stages wrote (``eval-*/results.json``, ``*/final/train_summary.json``, the
 corpus manifests, the mask set), so it can be regenerated at any time with ``lasp report RECIPE``. Every sentence
@@ -10,7 +11,12 @@ import json
 import math
 from pathlib import Path
 
-from lasp.config.recipe import RecipeConfig
+from lasp.analysis import format_markdown, overlap_analysis, parameter_table
+from lasp.config.schema import RecipeConfig, RunConfig
+from lasp.io import atomic_write
+from lasp.masks.language_masks import LanguageMasks
+from lasp.run.inputs import base_is_checkpoint, corpus_kind
+from lasp.run.seeds import report_link, specificity_rows, spread_sentence, variants_section
 
 SYSTEM_NOTES = {
     "shared": "one model, every language updates every weight",
@@ -83,9 +89,7 @@ def training_table(out: Path, systems: list[str], stage_times: dict) -> str:
     return "\n".join(lines)
 
 
-def corpus_sentence(settings, manifests: dict[str, str]) -> str:
-    from lasp.run.runner import corpus_kind
-
+def corpus_sentence(settings: RunConfig, manifests: dict[str, str]) -> str:
     langs = ", ".join(settings.languages)
     if corpus_kind(settings.corpus) == "synthetic":
         low = (f"; low-resource: {', '.join(settings.low_resource)} at 1/{settings.low_factor:g}"
@@ -101,8 +105,6 @@ def corpus_sentence(settings, manifests: dict[str, str]) -> str:
 
 
 def model_sentence(cfg: RecipeConfig, out: Path) -> str:
-    from lasp.run.runner import base_is_checkpoint
-
     if base_is_checkpoint(cfg):
         return (f"Base model: the checkpoint `{cfg.model.name}`; masks are searched on it and every system starts "
                 "from it.")
@@ -122,11 +124,9 @@ def mask_sentence(cfg: RecipeConfig) -> str:
             "density.")
 
 
-def noise_sentence(cfg: RecipeConfig, settings, seeds_of=None) -> str:
+def noise_sentence(cfg: RecipeConfig, settings: RunConfig, seeds_of: RunConfig | None = None) -> str:
     """One seed's report: where the seed-to-seed spread comes from (this run's other seeds, a benchmark named by
     run.spread_from, or nowhere: then it says none was measured)."""
-    from lasp.run.seeds import spread_sentence
-
     if seeds_of is not None:
         return (f"Seed {cfg.seed} of a run over seeds {', '.join(map(str, seeds_of.seeds))}: the spread across "
                 f"seeds, intervals and verdicts are in `{seeds_of.report}`.")
@@ -191,13 +191,10 @@ def _language_counts(manifest: str | None) -> dict[str, int]:
     return counts
 
 
-def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | None = None, *, seeds_of=None,
-                 summary=None) -> Path:
+def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: float | None = None, *,
+                 seeds_of: RunConfig | None = None, summary=None) -> Path:
     """The report of one seed's run. ``seeds_of``: the multi-seed run's settings when this is one of its seeds;
     ``summary``: a seed summary of this run (with run.variants) whose intervals and ablation table are added."""
-    from lasp.analysis import format_markdown, overlap_analysis, parameter_table
-    from lasp.masks.language_masks import LanguageMasks
-
     out = Path(out)
     systems, languages = list(settings.systems), list(settings.languages)
     report = Path(settings.report)
@@ -227,8 +224,6 @@ def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | Non
                          f"shared ({macro['shared']:.3f})")
         parts += ["Against the shared model:", "", *lines, ""]
     if summary is not None:
-        from lasp.run.seeds import specificity_rows, variants_section
-
         parts += ["## Intervals (one seed: utterances and languages resampled)", "", summary.markdown, ""]
         parts += variants_section(summary, cfg, settings, report)
         parts += specificity_rows([out], [cfg], settings)
@@ -247,14 +242,46 @@ def write_report(cfg: RecipeConfig, settings, out: Path, wall_total: float | Non
     if (mask_dir / "mask_config.json").is_file():
         masks = LanguageMasks.load(mask_dir)
         overlap = overlap_analysis(masks, out_dir=out / "overlap", n_permutations=200)
-        heatmap = Path(overlap.files["iou_heatmap"])
-        rel = heatmap.resolve().relative_to(report.parent.resolve()) if heatmap.resolve().is_relative_to(
-            report.parent.resolve()) else heatmap.resolve()
+        heatmap = report_link(overlap.files["iou_heatmap"], report)
         parts += ["## How much the language sub-networks share", "",
-                  f"![pairwise IoU of the lasp masks]({rel})", "",
+                  f"![pairwise IoU of the lasp masks]({heatmap})", "",
                   "```", overlap.summary.strip(), "```", ""]
         rows = parameter_table(cfg.model.name, len(languages), masks=masks,
                                adapter_dims=(cfg.adapters.dim,), lora_ranks=(8,))
         parts += ["## Parameters per language", "", format_markdown(rows), ""]
-    report.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(report, "\n".join(parts))
+    return report
+
+
+def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: list[RecipeConfig],
+                 stage_cfgs: list[RecipeConfig], wall_total: float | None) -> Path:
+    """The report of a multi-seed run: the summary with intervals and verdicts, the ablations, per-seed reports."""
+    run_dirs = [Path(c.output_dir) for c in seed_cfgs]
+    report = Path(settings.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    first = stage_cfgs[0]
+    seeds = ", ".join(str(c.seed) for c in stage_cfgs)
+    parts = ["# lasp run over several seeds: language-adaptive sparse sub-networks vs shared, random masks and "
+             "adapters", "",
+             f"Seed {first.seed}: " + corpus_sentence(seed_cfgs[0].run, {"train": first.data.train,
+                                                                         "test": first.data.test}),
+             model_sentence(first, run_dirs[0]),
+             mask_sentence(first),
+             f"Seeds: {len(run_dirs)} ({seeds}); each seed draws its own corpus (when lasp synthesizes it), base "
+             "model, masks and training batches. Per-seed reports: "
+             + ", ".join(f"[seed {c.seed}]({report_link(Path(d) / 'report.md', report)})"
+                         for c, d in zip(stage_cfgs, run_dirs))
+             + ".", "",
+             f"## Character error rates across seeds ({cfg.evaluate.split} split)", "",
+             summary.markdown, ""]
+    if "cer_by_language" in summary.files:
+        figure = report_link(summary.files["cer_by_language"], report)
+        parts += [f"![CER per language with 95 % intervals]({figure})", ""]
+    parts += variants_section(summary, first, settings, report)
+    parts += specificity_rows(run_dirs, stage_cfgs, settings)
+    parts += [f"The numbers: `{report_link(summary.files['json'], report)}` (the seed-to-seed spread a single-seed "
+              "report quotes with run.spread_from).", ""]
+    if wall_total is not None:
+        parts += [f"Total wall time of this `lasp run` invocation: {wall_total / 60:.1f} min.", ""]
+    atomic_write(report, "\n".join(parts))
     return report

@@ -23,13 +23,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from lasp.config.recipe import RecipeConfig, save_recipe
-from lasp.config.schema import SYSTEMS, RunConfig
+from lasp.config.recipe import load_recipe, save_recipe
+from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.errors import ConfigError
-from lasp.run.schedule import Job, _progress, run_jobs  # noqa: F401  (_progress: tests)
-from lasp.run.variants import parse_variants, variant_config, variant_recipe, write_variant_recipes
-
-
+from lasp.io import atomic_write_json
+from lasp.run.inputs import base_is_checkpoint, corpus_kind, corpus_manifests, make_corpus
+from lasp.run.report import seeds_report, write_report
+from lasp.run.schedule import Job, run_jobs
+from lasp.run.seeds import seed_configs, summarize
+from lasp.run.variants import (pretrains, reuses_lasp_masks, scored_on_shared, variant_config, variant_recipe,
+                               write_variant_recipes)
 
 # The demo recipe ships inside the package so that `lasp run` works from any directory;
 # recipes/demo.yaml in the repository is the same file (a test keeps them identical).
@@ -41,74 +44,10 @@ def demo_recipe_path() -> Path:
 
 
 def run_settings(cfg: RecipeConfig) -> RunConfig:
-    settings = cfg.extra.get("run")
-    if settings is None:
+    """The recipe's run section (its values were checked when the recipe loaded), or an error without one."""
+    if cfg.run is None:
         raise ConfigError("this recipe has no 'run' section; see recipes/demo.yaml")
-    unknown = [s for s in settings.systems if s not in SYSTEMS]
-    if unknown:
-        raise ConfigError(f"run.systems: unknown system {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
-    if settings.parallel < 1:
-        raise ConfigError("run.parallel must be at least 1")
-    if settings.base_steps < 1:
-        raise ConfigError("run.base_steps must be at least 1")
-    if settings.base_minutes is not None and settings.base_minutes <= 0:
-        raise ConfigError("run.base_minutes must be > 0 (or null for no wall-time budget)")
-    if any(not isinstance(s, int) or s < 0 for s in settings.seeds) or len(set(settings.seeds)) != len(settings.seeds):
-        raise ConfigError(f"run.seeds must be distinct integers >= 0, got {settings.seeds}")
-    unknown_low = [lang for lang in settings.low_resource if lang not in settings.languages]
-    if unknown_low:
-        raise ConfigError(f"run.low_resource: {unknown_low[0]!r} is not one of run.languages")
-    for i, variant in enumerate(parse_variants(settings.variants)):  # values are checked in the variant recipes
-        if variant.score_on == "shared" and "shared" not in settings.systems:
-            raise ConfigError(f"run.variants[{i}].score_on: shared needs the shared system in run.systems "
-                              f"(its fine-tuned CTC model scores the masks), got {settings.systems}")
-    return settings
-
-
-def base_is_checkpoint(cfg: RecipeConfig) -> bool:
-    """True when model.name is a local checkpoint: it is the base model and no base pre-training runs."""
-    from lasp.models.load import is_preset
-
-    return not is_preset(cfg.model.name)
-
-
-def corpus_kind(corpus: str | Path) -> str:
-    """``synthetic`` (lasp wrote it: synth.json), ``user`` (manifests lasp did not make) or ``empty``."""
-    from lasp.data.synth import SETTINGS_FILE
-
-    corpus = Path(corpus)
-    if (corpus / SETTINGS_FILE).is_file():
-        return "synthetic"
-    return "user" if any((corpus / f"{split}.jsonl").exists() for split in SPLITS) else "empty"
-
-
-SPLITS = ("train", "dev", "test")
-
-
-def make_corpus(cfg: RecipeConfig, settings: RunConfig) -> dict[str, str]:
-    """The corpus manifests (split -> path): the user's as they are, or lasp's synthetic corpus.
-
-    Never writes into a corpus lasp did not make: with ``run.synthesize: always`` such a corpus is an error.
-    """
-    corpus = Path(settings.corpus)
-    kind = corpus_kind(corpus)
-    if kind == "user":
-        if settings.synthesize == "always":
-            raise ConfigError(f"{corpus}: holds manifests lasp did not make (no synth.json); refusing to synthesize "
-                              "over them (use another run.corpus, or run.synthesize=auto to train on them)")
-        manifests = {s: str(corpus / f"{s}.jsonl") for s in SPLITS if (corpus / f"{s}.jsonl").is_file()}
-        missing = [s for s in ("train", "test") if s not in manifests]
-        if missing:
-            raise ConfigError(f"{corpus}: has no {missing[0]}.jsonl (a user corpus needs train and test manifests; "
-                              "lasp does not write into it)")
-        return manifests
-    if settings.synthesize == "never":
-        raise ConfigError(f"{corpus}: no train/dev/test.jsonl manifests and run.synthesize is 'never'")
-    from lasp.data.synth import synthesize_corpus
-
-    return synthesize_corpus(settings.languages, settings.corpus, utterances_per_lang=settings.train_utterances,
-                             dev_utterances=settings.dev_utterances, test_utterances=settings.test_utterances,
-                             low_resource=settings.low_resource, low_factor=settings.low_factor, seed=cfg.seed)
+    return cfg.run
 
 
 def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> list[Job]:
@@ -132,8 +71,8 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
                     [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
                     max_minutes=settings.base_minutes)]
     masked = [s for s in settings.systems if s in ("lasp", "random")]
-    variants = [(v, variant_config(cfg, v)) for v in parse_variants(settings.variants)]
-    if masked or any(v.reuses_lasp_masks(cfg, vcfg) for v, vcfg in variants):
+    variants = [(v, variant_config(cfg, v)) for v in settings.variants]
+    if masked or any(reuses_lasp_masks(v, cfg, vcfg) for v, vcfg in variants):
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
         jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
     # adapters are a fine-tuning method: they start from the shared model (the base without a shared system)
@@ -161,18 +100,18 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
             jobs += _finetune_jobs(variant.name, "adapters", vcfg, recipe, masks, *adapters_start)
             continue
         # a lasp variant has its own masks unless they are searched exactly as the lasp system's
-        if variant.reuses_lasp_masks(cfg, vcfg):
+        if reuses_lasp_masks(variant, cfg, vcfg):
             vmasks, masks_job = masks, "masks"
         else:
             vmasks, masks_job = out / f"masks-{variant.name}", f"masks-{variant.name}"
-            if variant.score_on == "shared":
+            if scored_on_shared(variant):
                 # scored through the fine-tuned shared system's CTC head, on the transcripts
                 jobs.append(_masks_job(masks_job, vcfg, recipe, out / "finetune-shared" / "final",
                                        ["finetune-shared"], vmasks, settings, head="ctc"))
             else:
                 jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
         init, init_deps = base, [masks_job]
-        if variant.pretrain:
+        if pretrains(variant):
             pretrain_dir = out / f"pretrain-{variant.name}"
             jobs.append(Job(f"pretrain-{variant.name}",
                             [*lasp, "pretrain", str(recipe), "pretrain.system=lasp", f"pretrain.run_dir={pretrain_dir}",
@@ -244,13 +183,13 @@ def prepare(cfg: RecipeConfig, settings: RunConfig) -> tuple[RecipeConfig, list[
     stage_cfg = stage_config(cfg, settings, manifests)
     stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
     save_recipe(cfg, out / "recipe.yaml")
-    write_variant_recipes(stage_cfg, stage_recipe, parse_variants(settings.variants))
+    write_variant_recipes(stage_cfg, stage_recipe, settings.variants)
     return stage_cfg, plan_jobs(stage_cfg, settings, stage_recipe)
 
 
 def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, str]) -> RecipeConfig:
     """The recipe every stage of one seed reads: ``cfg`` on the corpus ``manifests``, without the run section."""
-    stage_cfg = replace(cfg, extra={})
+    stage_cfg = replace(cfg, run=None)
     stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
                              valid=manifests.get("dev"), languages=list(settings.languages))
     return stage_cfg
@@ -259,14 +198,11 @@ def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, st
 def plan_run(cfg: RecipeConfig) -> list[Job]:
     """Every stage `lasp run` would run for ``cfg``, every seed and variant, without making or reading a corpus
     (its manifests are assumed at <run.corpus>/<split>.jsonl): for checking a recipe before a long run."""
-    from lasp.run.seeds import seed_configs
-
     runs = seed_configs(cfg, run_settings(cfg))
     jobs = []
     for seed_cfg in runs:
-        settings = seed_cfg.extra["run"]
-        manifests = {split: str(Path(settings.corpus) / f"{split}.jsonl") for split in SPLITS}
-        planned = plan_jobs(stage_config(seed_cfg, settings, manifests), settings,
+        settings = seed_cfg.run
+        planned = plan_jobs(stage_config(seed_cfg, settings, corpus_manifests(settings)), settings,
                             Path(seed_cfg.output_dir) / "stages.yaml")
         jobs += _prefixed(planned, f"seed-{seed_cfg.seed}") if len(runs) > 1 else planned
     return _one_schedule(jobs)
@@ -285,8 +221,6 @@ def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
 
 def run(cfg: RecipeConfig, progress: bool = True) -> Path:
     """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path."""
-    from lasp.run.seeds import seed_configs
-
     settings = run_settings(cfg)
     if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
         raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
@@ -299,15 +233,14 @@ def run(cfg: RecipeConfig, progress: bool = True) -> Path:
           + (f", seeds {', '.join(str(c.seed) for c in runs)}" if multi else "") + f", output {out}", flush=True)
     prepared = []
     for seed_cfg in runs:
-        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.extra["run"])
+        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.run)
         prepared.append((seed_cfg, stage_cfg, _prefixed(jobs, f"seed-{seed_cfg.seed}") if multi else jobs))
     walls = run_jobs(_one_schedule([j for *_, jobs in prepared for j in jobs]), settings.parallel, out / "logs",
                      progress=progress)
     for seed_cfg, stage_cfg, _ in prepared:
         seed_out, prefix = Path(seed_cfg.output_dir), f"seed-{seed_cfg.seed}/" if multi else ""
         mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
-        (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
-                                                              indent=2))
+        atomic_write_json(seed_out / "stage_times.json", _merge_times(seed_out / "stage_times.json", mine))
     report = write_reports(cfg, settings, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
                            wall_total=time.monotonic() - t0)
     print(f"report: {report}", flush=True)
@@ -317,25 +250,19 @@ def run(cfg: RecipeConfig, progress: bool = True) -> Path:
 def write_reports(cfg: RecipeConfig, settings: RunConfig, seed_cfgs: list[RecipeConfig],
                   stage_cfgs: list[RecipeConfig], wall_total: float | None = None) -> Path:
     """The run's report (and, with several seeds, every seed's report and the seed summary); returns its path."""
-    from lasp.run.report import write_report
-    from lasp.run.seeds import seeds_report, summarize
-
     multi = len(seed_cfgs) > 1
     run_dirs = [Path(c.output_dir) for c in seed_cfgs]
     summary = summarize(run_dirs, settings, Path(cfg.output_dir)) if multi or settings.variants else None
     if not multi:
-        return write_report(stage_cfgs[0], seed_cfgs[0].extra["run"], run_dirs[0], wall_total=wall_total,
+        return write_report(stage_cfgs[0], seed_cfgs[0].run, run_dirs[0], wall_total=wall_total,
                             summary=summary)
     for seed_cfg, stage_cfg in zip(seed_cfgs, stage_cfgs):
-        write_report(stage_cfg, seed_cfg.extra["run"], Path(seed_cfg.output_dir), seeds_of=settings)
+        write_report(stage_cfg, seed_cfg.run, Path(seed_cfg.output_dir), seeds_of=settings)
     return seeds_report(cfg, settings, summary, seed_cfgs, stage_cfgs, wall_total=wall_total)
 
 
 def report_from_outputs(cfg: RecipeConfig) -> Path:
     """`lasp report`: rewrite the reports of a finished (or partly finished) `lasp run` of ``cfg``."""
-    from lasp.config.recipe import load_recipe
-    from lasp.run.seeds import seed_configs
-
     settings = run_settings(cfg)
     seed_cfgs = seed_configs(cfg, settings)
     stage_cfgs = []
@@ -359,7 +286,7 @@ def clean(cfg: RecipeConfig) -> None:
     A user's corpus inside output_dir is not lasp's to delete: that is an error, and nothing is removed.
     """
     out = Path(cfg.output_dir).resolve()
-    settings = cfg.extra.get("run")
+    settings = cfg.run
     if settings is not None:
         corpus = Path(settings.corpus).resolve()
         if corpus.is_relative_to(out) and corpus_kind(corpus) == "user":

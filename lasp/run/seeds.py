@@ -1,4 +1,5 @@
-"""Several seeds and ablations in one `lasp run`: per-seed recipes, the multi-seed summary and its report sections.
+"""Several seeds and ablations in one `lasp run`: per-seed recipes, the multi-seed summary, the report sections
+built from it (ablation table, mask specificity) and the seed-to-seed spread a single-seed report quotes.
 
 With ``run.seeds: [0, 1, 2]`` every seed is a complete run in ``<output_dir>/seed-<s>``: its own corpus draw
 (a synthesized corpus goes to ``<run.corpus>/seed-<s>``; a user corpus is shared, read-only), base model,
@@ -13,16 +14,18 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from lasp.config.recipe import RecipeConfig
-from lasp.config.schema import RunConfig
+from lasp.analysis.overlap import compute_overlap, specificity
+from lasp.analysis.plots import plot_cer_vs_sparsity
+from lasp.analysis.seeds import CLAIMS, seed_summary
+from lasp.config.schema import RecipeConfig, RunConfig, VariantConfig
 from lasp.errors import ConfigError
-from lasp.run.variants import Variant, label, parse_variants, variant_config
+from lasp.masks.language_masks import LanguageMasks
+from lasp.run.inputs import corpus_kind
+from lasp.run.variants import label, pretrains, variant_config
 
 
 def seed_configs(cfg: RecipeConfig, settings: RunConfig) -> list[RecipeConfig]:
     """One recipe per seed. Zero or one seed: the recipe itself (today's layout in output_dir)."""
-    from lasp.run.runner import corpus_kind
-
     if len(settings.seeds) <= 1:
         return [replace(cfg, seed=settings.seeds[0]) if settings.seeds else cfg]
     out = Path(cfg.output_dir)
@@ -37,43 +40,38 @@ def seed_configs(cfg: RecipeConfig, settings: RunConfig) -> list[RecipeConfig]:
         corpus = settings.corpus if shared_corpus else str(Path(settings.corpus) / f"seed-{seed}")
         sset = replace(settings, corpus=corpus, report=str(sdir / "report.md"), seeds=[], spread_from=None)
         masks = replace(cfg.masks, dir=str(sdir / "masks-lasp"))
-        configs.append(replace(cfg, seed=seed, output_dir=str(sdir), masks=masks, extra={**cfg.extra, "run": sset}))
+        configs.append(replace(cfg, seed=seed, output_dir=str(sdir), masks=masks, run=sset))
     return configs
 
 
-def reference(variant: Variant, systems: list[str]) -> str | None:
+def reference(variant: VariantConfig, systems: list[str]) -> str | None:
     """What a variant is compared with: the lasp system, or for an adapter variant the adapters system."""
     wanted = "adapters" if variant.system == "adapters" else "lasp"
     return wanted if wanted in systems else None
 
 
-def summary_claims(systems: list[str], variants: list[Variant]) -> tuple:
+def summary_claims(systems: list[str], variants: list[VariantConfig]) -> tuple:
     """The standard claims, and each variant against its reference (what the ablation changes)."""
-    from lasp.analysis.seeds import CLAIMS
-
     return CLAIMS + tuple((v.name, ref, f"{v.name} vs {ref}") for v in variants
                           if (ref := reference(v, systems)) is not None)
 
 
 def summarize(run_dirs: list[Path], settings: RunConfig, out_dir: Path):
     """seed_summary over the runs' systems and variants, written to ``out_dir``."""
-    from lasp.analysis.seeds import seed_summary
-
-    variants = parse_variants(settings.variants)
+    variants = settings.variants
     return seed_summary(run_dirs, systems=list(settings.systems) + [v.name for v in variants],
                         claims=summary_claims(list(settings.systems), variants), out_dir=out_dir)
 
 
-def _rel(path: str | Path, report: Path) -> str:
+def report_link(path: str | Path, report: Path) -> str:
+    """``path`` as a report links it: relative to the report's folder when inside it."""
     path, base = Path(path).resolve(), report.parent.resolve()
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
 def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, report: Path) -> list[str]:
     """The ablation table (one row per variant, the lasp system first) and the CER-vs-sparsity plot."""
-    from lasp.analysis.plots import plot_cer_vs_sparsity
-
-    variants = parse_variants(settings.variants)
+    variants = settings.variants
     if not variants:
         return []
     rows, points = [], []
@@ -88,7 +86,7 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
         c = vs.get(name)
         diff = f"{c.baseline}: {c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}] {c.verdict}" if c else "–"
         masked = variant is None or variant.system == "lasp"
-        pretrain = "yes" if variant is None or (masked and variant.pretrain) else "no"
+        pretrain = "yes" if variant is None or pretrains(variant) else "no"
         sparsity = f"{vcfg.masks.sparsity:g}" if masked else "–"
         rows.append(f"| {name} | {label(vcfg, variant)} | {sparsity} | {pretrain} "
                     f"| {agg['mean']:.3f} ± {_std(agg['std'])} | [{low:.3f}, {high:.3f}] | {diff} |")
@@ -103,7 +101,7 @@ def variants_section(summary, stage_cfg: RecipeConfig, settings: RunConfig, repo
             "95 % bootstrap interval.", "",
             "| variant | setting | sparsity | pre-training | macro CER | 95 % interval | vs reference |",
             "|---|---|---|---|---|---|---|", *rows, "",
-            f"![macro CER vs sparsity per mask search]({_rel(plot, report)})", ""]
+            f"![macro CER vs sparsity per mask search]({report_link(plot, report)})", ""]
 
 
 def _std(value: float) -> str:
@@ -112,10 +110,7 @@ def _std(value: float) -> str:
 
 def specificity_rows(run_dirs: list[Path], stage_cfgs: list[RecipeConfig], settings: RunConfig) -> list[str]:
     """Per mask set (lasp, and every variant with masks of its own): how language-specific, mean over seeds."""
-    from lasp.analysis.overlap import compute_overlap, specificity
-    from lasp.masks.language_masks import LanguageMasks
-
-    names = [("lasp", "masks-lasp")] + [(v.name, f"masks-{v.name}") for v in parse_variants(settings.variants)]
+    names = [("lasp", "masks-lasp")] + [(v.name, f"masks-{v.name}") for v in settings.variants]
     lines = []
     for name, folder in names:
         figures = []
@@ -136,41 +131,6 @@ def specificity_rows(run_dirs: list[Path], stage_cfgs: list[RecipeConfig], setti
             "other language keeps; means over seeds. Variants that reuse the lasp masks are not listed.", "",
             "| mask set | IoU / random IoU | unique share | unique share, random masks | seeds |",
             "|---|---|---|---|---|", *lines, ""]
-
-
-def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: list[RecipeConfig],
-                 stage_cfgs: list[RecipeConfig], wall_total: float | None) -> Path:
-    """The report of a multi-seed run: the summary with intervals and verdicts, the ablations, per-seed reports."""
-    from lasp.run.report import corpus_sentence, mask_sentence, model_sentence
-
-    run_dirs = [Path(c.output_dir) for c in seed_cfgs]
-    report = Path(settings.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    first = stage_cfgs[0]
-    seeds = ", ".join(str(c.seed) for c in stage_cfgs)
-    parts = ["# lasp run over several seeds: language-adaptive sparse sub-networks vs shared, random masks and "
-             "adapters", "",
-             f"Seed {first.seed}: " + corpus_sentence(seed_cfgs[0].extra["run"], {"train": first.data.train,
-                                                                                  "test": first.data.test}),
-             model_sentence(first, run_dirs[0]),
-             mask_sentence(first),
-             f"Seeds: {len(run_dirs)} ({seeds}); each seed draws its own corpus (when lasp synthesizes it), base "
-             "model, masks and training batches. Per-seed reports: "
-             + ", ".join(f"[seed {c.seed}]({_rel(Path(d) / 'report.md', report)})"
-                         for c, d in zip(stage_cfgs, run_dirs))
-             + ".", "",
-             f"## Character error rates across seeds ({cfg.evaluate.split} split)", "",
-             summary.markdown, ""]
-    if "cer_by_language" in summary.files:
-        parts += [f"![CER per language with 95 % intervals]({_rel(summary.files['cer_by_language'], report)})", ""]
-    parts += variants_section(summary, first, settings, report)
-    parts += specificity_rows(run_dirs, stage_cfgs, settings)
-    parts += [f"The numbers: `{_rel(summary.files['json'], report)}` (the seed-to-seed spread a single-seed report "
-              "quotes with run.spread_from).", ""]
-    if wall_total is not None:
-        parts += [f"Total wall time of this `lasp run` invocation: {wall_total / 60:.1f} min.", ""]
-    report.write_text("\n".join(parts), encoding="utf-8")
-    return report
 
 
 SHIPPED_BENCHMARK = "lasp:benchmark"

@@ -1,9 +1,10 @@
 """What `lasp prune` checks before it loads a model or scores anything.
 
-Scoring one language of XLSR-53 takes about a minute, so a bad ``--out``, sparsity, pattern or language is
-reported first. An existing mask set in ``--out`` is the user's: it is kept unless ``--append`` (add or
-replace the named languages; the others keep their own records) or ``--force`` (replace the set) says
-otherwise. The set's folder is locked for this process: one writer per mask set.
+Scoring one language of XLSR-53 takes about a minute, so a bad ``--out`` or language is reported first (the
+recipe's values, sparsity and pattern among them, were checked when it loaded: :meth:`MaskConfig.check`). An
+existing mask set in ``--out`` is the user's: it is kept unless ``--append`` (add or replace the named
+languages; the others keep their own records) or ``--force`` (replace the set) says otherwise. The set's
+folder is locked for this process: one writer per mask set.
 """
 from __future__ import annotations
 
@@ -17,20 +18,12 @@ from lasp.data.manifest import read_manifest
 from lasp.languages import check_language_code
 
 
-def check_prune_request(out: str, manifest: str, *, sparsity: float | None, pattern: str,
-                        languages: Sequence[str] | None, min_utterances: int, existing: str = "refuse") -> None:
+def check_prune_request(out: str, manifest: str, *, languages: Sequence[str] | None, min_utterances: int,
+                        existing: str = "refuse") -> None:
     """Raise a one-line error for anything that would make the scoring wasted; then lock ``out``.
 
     ``existing``: "refuse" (default), "append" or "replace" (deletes the old set's own files, nothing else).
     """
-    if sparsity is not None and not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
-    if pattern != "unstructured":
-        n, _, m = str(pattern).partition(":")
-        if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
-            raise ConfigError(f"--pattern must be 'unstructured' or n:m with 0 < n < m (e.g. 2:4), got {pattern!r}")
-    if min_utterances < 0:
-        raise ConfigError(f"--min-utterances must be >= 0, got {min_utterances}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} is a file; give a folder for the mask set")
     check_mask_dir(out)

@@ -10,7 +10,6 @@ Patterns:
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable, Mapping
 
 import torch
@@ -19,31 +18,10 @@ from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
+from lasp.search.config import check_sparsity, parse_pattern
 from lasp.search.scoring import score_language
 
 SCOPES = ("per-tensor", "global")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """``None`` for unstructured, ``(n, m)`` for ``"n:m"``."""
-    if pattern == "unstructured":
-        return None
-    match = re.fullmatch(r"(\d+):(\d+)", pattern or "")
-    if not match or not 0 < int(match.group(1)) < int(match.group(2)):
-        raise ConfigError(f"pattern {pattern!r}: use 'unstructured' or 'n:m' with 0 < n < m (e.g. '2:4')")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _check_sparsity(sparsity: float, nm: tuple[int, int] | None) -> float:
-    if nm is not None:
-        implied = 1.0 - nm[0] / nm[1]
-        if sparsity is not None and abs(sparsity - implied) > 1e-6:
-            raise ConfigError(f"pattern {nm[0]}:{nm[1]} keeps {nm[0]} of {nm[1]} weights, i.e. sparsity "
-                              f"{implied:g}; sparsity={sparsity:g} contradicts it (omit it or pass {implied:g})")
-        return implied
-    if sparsity is None or not 0.0 <= float(sparsity) < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    return float(sparsity)
 
 
 def _keep_top(flat: torch.Tensor, keep: int) -> torch.Tensor:
@@ -75,7 +53,7 @@ def prune(
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     nm = parse_pattern(pattern)
-    sparsity = _check_sparsity(sparsity, nm)
+    sparsity = check_sparsity(sparsity, nm)
     scores = {n: s.detach().float().cpu() for n, s in scores.items()}
     if nm is not None:  # N:M fixes the count inside every group; scope does not apply
         return {n: _nm_mask(s, *nm, name=n) for n, s in scores.items()}

@@ -1,0 +1,41 @@
+"""The package's shape: layers that only point down, no import cycle, no import hidden inside a function."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "lasp"
+
+
+def test_import_linter_contracts_hold(capsys):
+    """setup.cfg's contracts: the layers of lasp/ and acyclic siblings (imports inside functions included)."""
+    code = lint_imports(config_filename=str(ROOT / "setup.cfg"), no_cache=True)
+    assert code == 0, capsys.readouterr().out
+
+
+def function_level_imports() -> list[str]:
+    """``module:line name`` of every import of a lasp module made inside a function."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                names = []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] if node.level == 0 else ["."]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                          if n == "." or n == "lasp" or n.startswith("lasp.")]
+    return found
+
+
+def test_no_lasp_module_is_imported_inside_a_function():
+    """An import inside a function that dodges a cycle hides a design bug; the CLI loads a command's module by
+    name from its table (lasp.cli.commands) instead."""
+    assert function_level_imports() == []
