@@ -30,6 +30,7 @@ def _langs(manifest: Path) -> dict[str, int]:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1800)  # the longest test: 15 min on 2 cores shared with a dozen other jobs
 def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), TOY + [
@@ -98,6 +99,7 @@ def _encoder_weight(system: Path):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(1800)
 def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), TOY + [
