@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install test demo bench clean gpu-wheels gpu-install
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: install test test-fast test-slow demo bench clean gpu-wheels gpu-install
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +19,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# Markers (setup.cfg): `e2e` whole pipelines, `slow` XLSR-scale work. `make test` runs all but the slow ones and
+# lists the 15 slowest; every test has a time limit (setup.cfg: timeout).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) --durations=15 tests
+
+# The quick loop while editing: no end-to-end and no slow tests (under 2 minutes on 2 cores).
+test-fast: $(VENV)/.installed
+	$(PYTEST) -m "not slow and not e2e" tests
+
+# XLSR-53 shapes on CPU: minutes and several GiB of memory.
+test-slow: $(VENV)/.installed
+	$(PYTEST) -m slow --durations=15 tests
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/lasp run recipes/demo.yaml

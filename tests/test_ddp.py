@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.e2e  # two rank processes each
 
 LANGS = ("es", "de", "ru")
 

@@ -75,6 +75,7 @@ def _masked_logits(final, lang, audio):
         return system(**inputs).logits[0]
 
 
+@pytest.mark.e2e  # a fresh process without lasp
 def test_final_language_export_runs_in_plain_transformers(finetuned, tmp_path):
     from lasp.data.text import Vocabulary
 

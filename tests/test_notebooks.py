@@ -9,6 +9,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+pytestmark = pytest.mark.e2e
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 

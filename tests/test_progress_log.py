@@ -49,6 +49,7 @@ def wait_for_progress(proc: subprocess.Popen, log: Path, timeout: float = 120) -
     raise AssertionError("no progress line in the log")
 
 
+@pytest.mark.e2e
 def test_progress_lines_in_a_log_while_training(tmp_path, corpus):
     log = tmp_path / "train.log"
     proc = start_pretrain(tmp_path, corpus, steps=300, log=log, every="0.05")  # a tiny step takes ~15 ms
@@ -62,6 +63,7 @@ def test_progress_lines_in_a_log_while_training(tmp_path, corpus):
     assert f"run directory (checkpoints, metrics.jsonl, tb/): {tmp_path / 'runs' / 'pretrain-lasp'}" in text
 
 
+@pytest.mark.e2e
 def test_ctrl_c_during_training_is_one_line(tmp_path, corpus):
     log = tmp_path / "train.log"
     proc = start_pretrain(tmp_path, corpus, steps=100000, log=log, every="0")

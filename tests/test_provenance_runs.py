@@ -75,6 +75,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, corpus, capsys):
     from lasp.train.finetune import finetune
 
@@ -124,6 +125,7 @@ KILLED_IN_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_kill_during_a_checkpoint_write_and_a_corrupt_newest_checkpoint_resume_from_the_one_before(
         tmp_path, corpus, capsys):
     from lasp.train.finetune import finetune
@@ -167,6 +169,7 @@ def test_resume_reports_when_no_checkpoint_is_usable(tmp_path, corpus):
         finetune(fast_recipe(tmp_path, corpus, *overrides), progress=False)
 
 
+@pytest.mark.e2e
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, corpus):
     cfg = fast_recipe(tmp_path, corpus, *COMMON, "finetune.max_steps=100000", "finetune.ckpt_every=100000",
                       "finetune.log_every=1")

@@ -9,12 +9,24 @@ from lasp.errors import ConfigError
 from lasp.run.inputs import corpus_kind, make_corpus
 from lasp.run.runner import demo_recipe_path, plan_jobs, run, run_settings
 from lasp.run.schedule import _progress
+from lasp.run.seeds import spread_sentence
+from report_tables import check_error_rates, check_scored, linked_files, read_results, training_steps
 
 
-def test_demo_recipe_is_the_repository_recipe():
-    repo = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
-    assert repo.read_text() == demo_recipe_path().read_text()
-    assert repo.read_text().startswith("# lasp run recipes/demo.yaml")
+def test_lasp_run_without_a_recipe_runs_the_demo_shipped_inside_the_package(tmp_path, monkeypatch):
+    import lasp
+    import lasp.run.runner as runner
+    from lasp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(runner, "run", lambda cfg, **kw: started.append(cfg))
+    assert main(["run"]) == 0
+    [cfg] = started
+    assert cfg.output_dir == "runs/demo" and cfg.model.name == "tiny"
+    assert run_settings(cfg).systems == ["shared", "lasp", "random", "adapters"]
+    # inside the package (setup.cfg's package_data), so an installed lasp has it without the repository
+    assert demo_recipe_path().relative_to(Path(lasp.__file__).parent).match("recipes/*.yaml")
 
 
 def test_stage_graph(tmp_path):
@@ -82,6 +94,7 @@ def test_a_recipe_without_a_run_section_is_refused_by_lasp_run(tmp_path):
         run_settings(cfg)
 
 
+@pytest.mark.e2e
 def test_toy_run_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), [
@@ -92,22 +105,30 @@ def test_toy_run_end_to_end(tmp_path, monkeypatch):
         "pretrain.optim.warmup_steps=1", "pretrain.ckpt_every=2", "finetune.ckpt_every=3",
     ])
     report = run(cfg, progress=False)
+    out = tmp_path / "out"
     text = report.read_text()
-    for system in ("shared", "lasp", "random", "adapters"):
-        results = json.loads((tmp_path / f"out/eval-{system}/results.json").read_text())
-        assert set(results["languages"]) == {"es", "de"}
-        assert f"| {system} |" in text
-    assert "Corpus: synthesized by lasp" in text and "pre-trained shared on this corpus for 3 steps" in text
-    assert "the benchmark shipped with lasp" in text and "iou_heatmap.png" in text  # the demo quotes its spread
-    assert (tmp_path / "out/finetune-lasp/final/es/config.json").is_file()
-    assert "Every system was fine-tuned for the same 3 steps" in text
-    assert (tmp_path / "out/overlap/iou_heatmap.png").stat().st_size > 0
-    summary = json.loads((tmp_path / "out/finetune-lasp/final/train_summary.json").read_text())
-    assert summary["step"] == 3
+    systems, languages = ["shared", "lasp", "random", "adapters"], ["es", "de"]
+    results = read_results(out, systems)
+    for system in systems:
+        assert set(results[system]["languages"]) == set(languages)
+    check_error_rates(text, results, languages)  # a row per system, the numbers of results.json
+    assert check_scored(text, results, out / "corpus/test.jsonl", languages) == {"es": 2, "de": 2}
+    # every system fine-tunes the same 3 steps; adapters start from the shared pre-training, the others pre-train
+    assert training_steps(text) == {"shared": (2, 3), "lasp": (2, 3), "random": (2, 3), "adapters": (None, 3)}
+    for system in systems:
+        summary = json.loads((out / f"finetune-{system}/final/train_summary.json").read_text())
+        assert summary["step"] == 3
+    assert json.loads((out / "base/final/train_summary.json").read_text())["step"] == 3  # run.base_steps
+    assert (out / "finetune-lasp/final/es/config.json").is_file()
+    linked = linked_files(report)
+    assert (out / "overlap/iou_heatmap.png").resolve() in linked
+    assert all(p.stat().st_size > 0 for p in linked)
+    # the demo recipe quotes the seed-to-seed spread of the benchmark shipped with lasp
+    assert spread_sentence(cfg, run_settings(cfg)) in text
     # a second run finds every stage done and only rewrites the report
-    mtime = (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime
+    mtime = (out / "finetune-lasp/final/train_summary.json").stat().st_mtime
     run(cfg, progress=False)
-    assert (tmp_path / "out/finetune-lasp/final/train_summary.json").stat().st_mtime == mtime
+    assert (out / "finetune-lasp/final/train_summary.json").stat().st_mtime == mtime
 
 
 def test_a_local_checkpoint_is_the_base(tmp_path):

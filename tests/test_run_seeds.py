@@ -11,6 +11,7 @@ from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
 from lasp.run.runner import demo_recipe_path, plan_run, report_from_outputs, run, run_settings
 from lasp.run.seeds import SHIPPED_SUMMARY, spread_sentence
+from report_tables import check_error_rates, linked_files, read_results, rows_by, table
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "recipes" / "benchmark.yaml"
 TOY = ["output_dir=out", "masks.dir=null", "masks.max_batches=1", "masks.min_utterances=1", "run.corpus=out/corpus",
@@ -28,37 +29,65 @@ def _langs(manifest: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(1800)  # the longest test: 15 min on 2 cores shared with a dozen other jobs
 def test_two_seeds_low_resource_and_a_lass_variant_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), TOY + [
         "run.seeds=[0,1]", "run.low_resource=[de]", "run.low_factor=3",
         "run.variants=[{name: lass, overrides: {masks.method: lass, masks.lass_steps: 2}, pretrain: false}]"])
-    text = run(cfg, progress=False).read_text()
+    report = run(cfg, progress=False)
+    text = report.read_text()
     out = tmp_path / "out"
+    systems = ["shared", "lasp", "lass"]
+    results = {seed: read_results(out / f"seed-{seed}", systems) for seed in (0, 1)}
     for seed in (0, 1):
-        for system in ("shared", "lasp", "lass"):
-            assert (out / f"seed-{seed}/eval-{system}/results.json").is_file(), (seed, system)
         # low-resource: de gets train_utterances / low_factor of the training utterances, es all of them
         assert _langs(out / f"corpus/seed-{seed}/train.jsonl") == {"es": 6, "de": 2}
         assert json.loads((out / f"seed-{seed}/masks-lass/mask_config.json").read_text())["method"] == "lass"
-        assert f"Seed {seed} of a run over seeds 0, 1" in (out / f"seed-{seed}/report.md").read_text()
+        # a seed's report compares the systems; the variants are in the report over seeds
+        check_error_rates((out / f"seed-{seed}/report.md").read_text(),
+                          {s: results[seed][s] for s in ("shared", "lasp")}, ["es", "de"])
     # each seed draws its own corpus
     assert (out / "corpus/seed-0/train.jsonl").read_text() != (out / "corpus/seed-1/train.jsonl").read_text()
     summary = json.loads((out / "seeds_summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["groups"] == {"high": ["es"], "low": ["de"]}
-    assert "Seeds: 2 (0, 1)" in text and "Corpus: synthesized by lasp at `out/corpus/seed-0`" in text and "CER over 2 seed(s) (0, 1)" in text
-    for claim in ("| lasp < shared | all |", "| lasp < shared | high: es |", "| lasp < shared | low: de |",
-                  "| lass vs lasp | all |"):
-        assert claim in text, claim
-    assert "## Ablations (run.variants)" in text and "| lass | lass change | 0.5 | no |" in text
-    assert "cer_by_language.png" in text and (out / "cer_vs_sparsity.png").stat().st_size > 0
-    assert "| lass |" in text.split("## How language-specific the masks are")[1]
+    # the summary aggregates each seed's results.json; the report shows its mean ± std, a row per system
+    across = rows_by(table(text, "high macro (es)"), "system")
+    assert list(across) == systems
+    for system in systems:
+        macro = summary["aggregates"][system]["macro"]
+        assert macro["per_seed"] == pytest.approx([results[seed][system]["macro"]["cer"] for seed in (0, 1)])
+        assert _mean_std(across[system]["macro CER"]) == pytest.approx((macro["mean"], macro["std"]), abs=5e-4)
+    # a claim per comparison and language group, with the summary's differences
+    claims = table(text, "verdict")
+    assert {(r["claim"], r["languages"]) for r in claims} == {
+        ("lasp < shared", "all"), ("lasp < shared", "high: es"), ("lasp < shared", "low: de"),
+        ("lass vs lasp", "all"), ("lass vs lasp", "high: es"), ("lass vs lasp", "low: de")}
+    assert sorted(float(r["difference"]) for r in claims) == pytest.approx(
+        sorted(c["difference"] for c in summary["comparisons"]), abs=5e-5)
+    ablations = rows_by(table(text, "vs reference"), "variant")
+    assert list(ablations) == ["lasp", "lass"]
+    lass = summary["aggregates"]["lass"]["macro"]
+    assert (ablations["lass"]["sparsity"], ablations["lass"]["pre-training"]) == ("0.5", "no")
+    assert _mean_std(ablations["lass"]["macro CER"]) == pytest.approx((lass["mean"], lass["std"]), abs=5e-4)
+    assert list(rows_by(table(text, "unique share"), "mask set")) == ["lasp", "lass"]
+    linked = linked_files(report)
+    for name in ("seed-0/report.md", "seed-1/report.md", "cer_by_language.png", "cer_vs_sparsity.png"):
+        assert (out / name).resolve() in linked, name
+    assert all(p.stat().st_size > 0 for p in linked)
     # `lasp report` rewrites the same reports from the outputs alone
     (out / "report.md").unlink()
     (out / "seed-1/report.md").unlink()
     rewritten = report_from_outputs(cfg).read_text()
     assert rewritten.split("Total wall time")[0].rstrip() == text.split("Total wall time")[0].rstrip()
-    assert "Seed 1 of a run over seeds 0, 1" in (out / "seed-1/report.md").read_text()
+    check_error_rates((out / "seed-1/report.md").read_text(), {s: results[1][s] for s in ("shared", "lasp")},
+                      ["es", "de"])
+
+
+def _mean_std(cell: str) -> tuple[float, float]:
+    mean, std = cell.split(" ± ")
+    return float(mean), float(std)
 
 
 def _encoder_weight(system: Path):
@@ -69,6 +98,8 @@ def _encoder_weight(system: Path):
     return load_file(str(model_dir(system) / "model.safetensors"))["wav2vec2.encoder.layers.0.attention.k_proj.weight"]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(1800)
 def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), TOY + [
@@ -91,13 +122,19 @@ def test_adapters_variant_and_masks_scored_with_ctc_on_the_shared_system_end_to_
     start = _encoder_weight(out / "pretrain-shared/final")
     assert torch.equal(_encoder_weight(out / "finetune-adapters-frozen/final"), start)
     assert not torch.equal(_encoder_weight(out / "finetune-adapters/final"), start)
-    assert "| adapters-frozen | adapters, dim 16, base frozen | – | no |" in text
-    assert "| ctc | oneshot taylor (1 batch), CTC on shared | 0.5 | no |" in text
-    assert "| adapters-frozen vs adapters | all |" in text and "| ctc vs lasp | all |" in text
-    ablation = text.split("## Ablations (run.variants)")[1].split("\n## ")[0]
-    assert "| ctc | oneshot taylor (1 batch), CTC on shared | 0.5 | no |" in ablation
-    assert [line.split("|")[7].split(":")[0].strip() for line in ablation.splitlines()
-            if line.startswith(("| ctc |", "| adapters-frozen |"))] == ["adapters", "lasp"]
+    check_error_rates(text, read_results(out, ["shared", "lasp", "adapters"]), ["es", "de"])
+    claims = rows_by(table(text, "verdict"), "claim")
+    summary = {c["claim"]: c for c in json.loads((out / "seeds_summary.json").read_text())["comparisons"]}
+    assert list(claims) == ["lasp < shared", "lasp vs adapters", "adapters-frozen vs adapters", "ctc vs lasp"]
+    for claim, row in claims.items():
+        assert float(row["difference"]) == pytest.approx(summary[claim]["difference"], abs=5e-5), claim
+    # an adapter variant is compared with the adapters system, a mask variant with lasp
+    ablations = rows_by(table(text, "vs reference"), "variant")
+    assert list(ablations) == ["lasp", "adapters-frozen", "ctc"]
+    assert [(ablations[v]["sparsity"], ablations[v]["pre-training"]) for v in ("adapters-frozen", "ctc")] == [
+        ("–", "no"), ("0.5", "no")]
+    assert [ablations[v]["vs reference"].split(":")[0] for v in ("adapters-frozen", "ctc")] == ["adapters", "lasp"]
+    assert list(rows_by(table(text, "unique share"), "mask set")) == ["lasp", "ctc"]  # frozen adapters: no masks
 
 
 def test_low_resource_languages_get_a_fraction_of_the_training_utterances(tmp_path):

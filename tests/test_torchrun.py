@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from lasp.config.recipe import save_recipe
 from test_train_support import fast_recipe, make_corpus
 
+pytestmark = pytest.mark.e2e
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -79,6 +79,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("system", ["lasp", "adapters"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, system):
     from lasp.train.finetune import finetune

@@ -6,13 +6,11 @@ import argparse
 from lasp.cli.options import add_explain, print_explain
 from lasp.cli.preflight import check_output_dir, check_output_file
 from lasp.config.recipe import load_recipe
-from lasp.run.runner import clean, demo_recipe_path, report_from_outputs, run
-
-DEFAULT_RECIPE = "demo"
+from lasp.run import runner
 
 
 def _load(args: argparse.Namespace):
-    recipe = args.recipe or demo_recipe_path()
+    recipe = args.recipe or runner.demo_recipe_path()
     return load_recipe(recipe, args.overrides)
 
 
@@ -30,15 +28,15 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _check_outputs(cfg)
     if args.fresh:
-        clean(cfg)
-    run(cfg)
+        runner.clean(cfg)
+    runner.run(cfg)
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
+    print(runner.report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
     return 0
 
 
