@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install test test-fast test-slow demo bench clean gpu-wheels gpu-install
+.PHONY: install test test-fast test-slow demo bench clean gpu-wheels gpu-install gpu-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,3 +87,12 @@ gpu-install:
 	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --find-links $(GPU_WHEELS) $(GPU_PACKAGES)
 	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --no-deps --no-build-isolation -e .
 	$(GPU_PYTHON) -c "import lasp, torch, transformers; print('lasp from', lasp.__file__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+
+# One command that accepts a GPU machine (docs/gpu.md): pytest -m gpu, lasp bench at XLSR-53 shapes, a one-process
+# torchrun (NCCL) fine-tune and a few steps of every stage of `lasp run` on the xlsr-53 preset, about 8 minutes on
+# one H100/H200. One JSON summary and one log under OUT; PASS/FAIL per item. GPU_CHECK_DEVICE=cpu: the CPU dry run.
+OUT ?= runs/gpu-check
+GPU_CHECK_DEVICE ?= cuda
+
+gpu-check: gpu-install
+	OUT=$(OUT) GPU_CHECK_DEVICE=$(GPU_CHECK_DEVICE) $(GPU_PYTHON) -m lasp.bench.gpu_check

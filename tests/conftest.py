@@ -16,6 +16,16 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip without CUDA, unless LASP_GPU_TESTS_DEVICE=cpu asks for their CPU dry run."""
+    if torch.cuda.is_available() or os.environ.get("LASP_GPU_TESTS_DEVICE") == "cpu":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_pretrain_batch(model, batch_size=2, samples=8000, seed=0, mask_prob=0.5, span=2):
     """Random audio + the mask/negative indices Wav2Vec2ForPreTraining needs for its loss."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices

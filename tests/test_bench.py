@@ -71,7 +71,7 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and len(data["rows"]) == len([ln for ln in printed.splitlines()
                                                                   if ln.startswith(("layer", "2:4"))])
-    assert [g["status"] for g in data["goals"]].count("pending (no CUDA device)") == 3
+    assert [g["status"] for g in data["goals"]].count("pending (no CUDA device)") == 4
     with pytest.raises(ConfigError, match="unknown bench size 'huge'"):
         run_bench(size="huge")
     assert main(["bench", "--size", "ci", "--device", "cuda", "--no-layers"]) == (0 if torch.cuda.is_available()

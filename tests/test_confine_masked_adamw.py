@@ -1,10 +1,12 @@
 """Confinement inside the optimizer: masked AdamW, accumulation across languages, mixed batches."""
+import os
+
 import pytest
 import torch
 
 from conftest import make_ctc_batch
 from lasp.masks.bits import pack_bits
-from lasp.masked.confine import ConfinedOptimizer, _masked_adamw_torch, masked_adamw_step
+from lasp.masked.confine import ConfinedOptimizer, masked_adamw_step
 from lasp.masked.kernels import native
 from lasp.masked.model import MaskedModel
 
@@ -82,35 +84,76 @@ def test_the_same_check_fails_without_confinement(tiny_ctc, random_masks):
                    for n, p in mm.targets.items())
 
 
-@pytest.mark.parametrize("native_loops", [True, False])
-def test_masked_adamw_equals_adamw_inside_the_union(native_loops):
-    if native_loops and not native.available():
+def _use_path(path, monkeypatch):
+    """Make masked_adamw_step take ``path`` on CPU tensors: the C loops, the Triton kernel (interpreted) or torch
+    ops."""
+    from lasp.masked.kernels import triton_adamw, triton_cast
+
+    if path == "native" and not native.available():
         pytest.skip(native.status())
+    if path != "native":
+        monkeypatch.setattr(native, "usable", lambda *t: False)
+    if path == "triton":
+        pytest.importorskip("triton")
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("TRITON_INTERPRET is not set")
+        monkeypatch.setattr(triton_cast, "usable", lambda *t: all(x.is_contiguous() for x in t))
+    else:
+        monkeypatch.setattr(triton_adamw, "usable", lambda *t: False)
+
+
+@pytest.mark.parametrize("path", ["native", "triton", "torch"])
+def test_masked_adamw_equals_adamw_inside_the_union(path, monkeypatch):
+    _use_path(path, monkeypatch)
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(16, 24, generator=gen))
+    p = torch.nn.Parameter(torch.randn(16, 1030, generator=gen))  # a row longer than one Triton block
     q = torch.nn.Parameter(p.detach().clone())
     reference = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.1)
-    keep = torch.rand(16, 24, generator=gen) < 0.5
+    keep = torch.rand(16, 1030, generator=gen) < 0.5
     state, group = {p: {}}, reference.param_groups[0]
     for _ in range(3):
-        g = torch.randn(16, 24, generator=gen) * keep
+        g = torch.randn(16, 1030, generator=gen) * keep
         p.grad, q.grad = g.clone(), g.clone()
         reference.step()
         old = p.detach().clone()
+        moments = {k: state[p][k].clone() for k in ("exp_avg", "exp_avg_sq")} if state[p] else None
         with torch.no_grad():
-            if native_loops:
-                masked_adamw_step([p], [pack_bits(keep)], state, group)
-            else:
-                st = state[p]
-                if not st:
-                    st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                st["step"] += 1
-                t = float(st["step"])
-                _masked_adamw_torch([(p, p.grad, st["exp_avg"], st["exp_avg_sq"], pack_bits(keep),
-                                      1e-2 / (1 - 0.9 ** t), (1 - 0.999 ** t) ** 0.5)], 1e-2, 0.9, 0.999, 1e-8, 0.1)
+            masked_adamw_step([p], [pack_bits(keep)], state, group)
         assert _bits_equal(p.detach()[~keep], old[~keep])
+        if moments is not None:
+            assert all(_bits_equal(state[p][k][~keep], moments[k][~keep]) for k in moments)
     torch.testing.assert_close(p.detach()[keep], q.detach()[keep], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state[p]["exp_avg"][keep], reference.state[q]["exp_avg"][keep])
+    torch.testing.assert_close(state[p]["exp_avg_sq"][keep], reference.state[q]["exp_avg_sq"][keep])
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_confined_step_needs_at_most_5_percent_more_memory_than_a_dense_step(path, monkeypatch):
+    """The base preset (95 M parameters): the bytes a confined AdamW step allocates at its peak stay within 5 % of
+    the model's training state (weights, gradients, moments) above what torch's fused AdamW allocates."""
+    from peak_memory import peak_bytes
+    from lasp.masks.language_masks import LanguageMasks
+    from lasp.masks.targets import select_targets
+    from lasp.models.load import load_model
+
+    _use_path(path, monkeypatch)
+    torch.manual_seed(0)
+    model = load_model("base", head="pretraining")
+    params = list(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+    masks = LanguageMasks.from_dense({lang: {n: torch.rand(p.shape, generator=gen) < 0.5
+                                             for n, p in select_targets(model).items()} for lang in ("es", "de")})
+    mm = MaskedModel(model, masks)
+    dense = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    confined = ConfinedOptimizer(torch.optim.AdamW(params, lr=1e-4, fused=True), mm)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    for optimizer in (dense, confined):  # the first step creates the moments
+        optimizer.step(**({"languages": ["es"]} if optimizer is confined else {}))
+    dense_peak = peak_bytes(dense.step)
+    confined_peak = peak_bytes(lambda: confined.step(languages=["es", "de"]))
+    state = sum(p.numel() * 4 * 4 for p in params)  # weight, gradient and two moments in fp32
+    assert confined_peak <= dense_peak + 0.05 * state, (confined_peak / 2**20, dense_peak / 2**20, state / 2**20)
 
 
 def test_other_optimizers_use_the_snapshot_fallback(tiny_ctc, random_masks):

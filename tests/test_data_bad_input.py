@@ -92,12 +92,30 @@ def test_skip_policy_counts_each_bad_row_with_row_and_path(manifest):
 def test_decode_time_failures_are_skipped_by_the_collator_and_counted(manifest):
     ds = _dataset(manifest)
     items = [ds[i] for i in range(len(ds))]
-    assert [it is None for it in items] == [False, True, True]  # good, silent, NaN
+    assert ["skipped" in it for it in items] == [False, True, True]  # good, silent, NaN
     assert {b.reason for b in ds.report().bad} >= {"silent_audio", "nan_samples"}
     nan_row = next(b for b in ds.report().bad if b.reason == "nan_samples")
     assert nan_row.row == 7 and nan_row.audio.endswith("nan.wav")
     batch = CTCCollator(tiny_config(), pad_id=0, normalize=True)(items)
     assert batch["input_values"].shape[0] == 1 and batch["langs"] == ["es"]
+    assert [b.reason for b in batch["skipped"]] == ["silent_audio", "nan_samples"]  # for the training process
+
+
+def test_rows_with_manifest_durations_open_no_audio_header(tmp_path, monkeypatch):
+    """Durations in the manifest: the up-front check only looks the files up (at Common Voice scale every stage
+    and rank would otherwise open every clip before the first step)."""
+    from test_train_support import make_corpus
+
+    from lasp.data import dataset as dataset_module
+
+    manifests = make_corpus(tmp_path, langs=("es",), n_train=3, n_test=1)
+
+    def opened(path):
+        raise AssertionError(f"opened the header of {path}")
+
+    monkeypatch.setattr(dataset_module, "audio_info", opened)
+    ds = SpeechDataset(read_manifest(manifests["train"]))
+    assert len(ds) == 3 and ds[0]["input_values"].size > 0
 
 
 def test_full_decode_check_finds_everything_up_front(manifest):

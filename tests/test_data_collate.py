@@ -6,8 +6,8 @@ import pytest
 import torch
 from data_fixtures import tiny_config, tone, write_audio
 
-from lasp.data.collate import CTCCollator, PretrainCollator, feature_lengths
-from lasp.data.dataset import SpeechDataset
+from lasp.data.collate import CTCCollator, PretrainCollator, feature_lengths, has_inputs
+from lasp.data.dataset import BadRow, SpeechDataset
 from lasp.data.manifest import Utterance
 from lasp.data.text import Vocabulary
 from lasp.errors import DataError
@@ -114,11 +114,12 @@ def test_ctc_batch_runs_through_wav2vec2_for_ctc(dataset):
 
 def test_collators_drop_skipped_items_and_check_labels(dataset):
     collator = CTCCollator(tiny_config(), pad_id=0, normalize=True)
-    batch = collator([None, dataset[2], None])
-    assert batch["langs"] == ["de"] and batch["labels"].shape[0] == 1
-    assert collator([None, None]) is None
-    assert PretrainCollator(tiny_config(), mask_time_prob=0.65, mask_time_length=3, num_negatives=5,
-                            normalize=True)([None]) is None
+    bad = BadRow("train.jsonl", 3, "x.wav", "es", "unreadable_audio", "corrupt")
+    batch = collator([None, dataset[2], {"skipped": bad}])
+    assert batch["langs"] == ["de"] and batch["labels"].shape[0] == 1 and batch["skipped"] == [bad]
+    assert collator([None, {"skipped": bad}]) == {"skipped": [bad]} and not has_inputs(collator([None]))
+    assert not has_inputs(PretrainCollator(tiny_config(), mask_time_prob=0.65, mask_time_length=3, num_negatives=5,
+                                           normalize=True)([None]))
     item = dict(dataset[0])
     with pytest.raises(DataError, match="have no labels"):
         collator([{k: v for k, v in item.items() if k != "labels"}])

@@ -121,6 +121,19 @@ def test_mixed_batches_mix_languages():
     assert sum(len({langs[i] for i in b}) > 1 for b in batches) > 50
 
 
+def test_mixed_batches_come_grouped_by_language():
+    """Each language's items are contiguous, so the masked layers need no permutation of the activations."""
+    from lasp.masked.kernels.cast import segments_of
+
+    langs, durations = corpus()
+    for world, rank in ((1, 0), (2, 1)):
+        sampler = LanguageBatchSampler(langs, durations, max_batch_seconds=30.0, mixed=True, seed=3, rank=rank,
+                                       world_size=world)
+        for batch in itertools.islice(iter(sampler), 200):
+            row_langs = [langs[i] for i in batch]
+            assert segments_of(row_langs).order is None, row_langs
+
+
 def test_language_batches_are_fixed_and_of_one_language():
     langs, durations = corpus()
     sampler = LanguageBatchSampler(langs, durations, batch_size=6, seed=0)

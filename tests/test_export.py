@@ -38,7 +38,7 @@ def finetuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     corpus = make_corpus(root / "corpus")
     cfg = fast_recipe(root, corpus, "finetune.system=lasp", "finetune.max_steps=3", "finetune.optim.lr=5e-3",
-                      "finetune.init=tiny", "masks.scorer=random")
+                      "finetune.init=tiny", "masks.scorer=random", "finetune.export_languages=true")
     return finetune(cfg, progress=False), corpus
 
 
@@ -128,6 +128,21 @@ def test_lasp_export_command(finetuned, tmp_path, capsys):
     assert "no language 'ru'" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--lang", "de", "--out", str(tmp_path / "de")]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_shared_finetune_holds_one_model_file(tmp_path):
+    """Every language of the shared system is the shared model: its final/<lang>/ folders link the one weights
+    file (XLSR-53: 1.2 GB once, not once per language); without export_languages there are no such folders."""
+    from lasp.train.finetune import finetune
+
+    corpus = make_corpus(tmp_path / "corpus", n_train=2, n_test=1)
+    common = ("finetune.system=shared", "finetune.max_steps=1", "finetune.init=tiny")
+    final = finetune(fast_recipe(tmp_path, corpus, *common, "finetune.export_languages=true"), progress=False)
+    weights = sorted(final.rglob("model.safetensors"))
+    assert [w.parent.name for w in weights] == ["de", "es", "shared"]
+    assert len({w.stat().st_ino for w in weights}) == 1
+    final = finetune(fast_recipe(tmp_path, corpus, *common, f"finetune.run_dir={tmp_path / 'plain'}"), progress=False)
+    assert [w.parent.name for w in final.rglob("model.safetensors")] == ["shared"]
 
 
 def test_adapters_export_as_transformers_adapter_layers():

@@ -202,3 +202,33 @@ def test_triton_masked_cast_kernel_under_the_interpreter():
         # the interpreter's bf16 conversion may round differently from torch's: compare within one bf16 ulp
         torch.testing.assert_close(got.float(), (x.cpu().to(dst) * keep).float(), rtol=8e-3, atol=1e-6)
     assert not triton_cast.usable(torch.zeros(2, 8))  # never a Triton path on CPU tensors
+
+
+def _triton_on_cpu(monkeypatch):
+    """Route the masked cast through the Triton kernel on CPU tensors (the interpreter), as it runs on a GPU."""
+    pytest.importorskip("triton")
+    import os
+
+    from lasp.masked.kernels import cast, native, triton_cast
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET is not set")
+    monkeypatch.setattr(native, "usable", lambda *t: False)
+    monkeypatch.setattr(triton_cast, "usable", lambda *t: all(x.is_contiguous() for x in t))
+    assert cast.triton_cast is triton_cast
+
+
+def test_triton_cast_rewriting_a_saved_copy_is_caught_in_backward(tiny_ctc, random_masks, monkeypatch):
+    """Forward es, switch to de, forward de, one backward of both: de's masked copy reuses es's buffer, so es's
+    saved weights would silently be de's. The kernel bumps the buffer's version: autograd refuses."""
+    _triton_on_cpu(monkeypatch)
+    from conftest import make_ctc_batch
+
+    mm = MaskedModel(tiny_ctc, random_masks).train()
+    batch = make_ctc_batch(12, batch_size=1, samples=4000)
+    mm.set_language("es")
+    loss_es = mm(**batch).loss
+    mm.set_language("de")
+    loss_de = mm(**batch).loss
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss_es + loss_de).backward()

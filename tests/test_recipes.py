@@ -39,6 +39,9 @@ def test_paper_scale_recipe_settings():
     assert (cfg.pretrain.gumbel_max, cfg.pretrain.gumbel_min) == (2.0, 0.5)
     assert cfg.finetune.optim.schedule == "tri-stage" and cfg.finetune.freeze_feature_encoder
     assert cfg.data.alpha == 0.5 and len(cfg.data.languages) == 10
+    # paper scale: mp3s decode in worker processes, and pre-training steps on over an hour of audio (8 GPUs)
+    assert cfg.data.num_workers >= 4
+    assert cfg.data.max_batch_seconds * cfg.pretrain.grad_accum_steps * 8 >= 3600
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def _overrides(tmp: Path, ckpt: Path, corpus: Path) -> list[str]:
         "run.systems=[lasp]", "run.parallel=2", "masks.max_batches=1", "data.max_batch_seconds=20",
         "pretrain.max_steps=2", "pretrain.precision=fp32", "pretrain.num_negatives=10", "pretrain.ckpt_every=2",
         "pretrain.optim.warmup_steps=1", "finetune.max_steps=2", "finetune.precision=fp32", "finetune.ckpt_every=2",
-        "evaluate.batch_size=4", "masks.min_utterances=2",
+        "evaluate.batch_size=4", "masks.min_utterances=2", "finetune.export_languages=true",
     ]
 
 

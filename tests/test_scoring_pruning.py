@@ -40,6 +40,48 @@ def test_global_scope_hits_overall_sparsity_with_one_threshold():
     assert masks["b"].float().mean() > masks["a"].float().mean()
 
 
+@pytest.mark.parametrize("scope", ["global", "per-tensor"])
+def test_selection_equals_a_stable_descending_sort(scope):
+    """Ties at the threshold keep the earlier weight (parameter order, then position); signs, -0.0 and inf
+    order as floats do."""
+    gen = torch.Generator().manual_seed(3)
+    scores = {"a": torch.randint(-3, 4, (9, 8), generator=gen).float(),
+              "b": torch.randn(5, 6, generator=gen), "c": torch.randint(0, 2, (4, 4), generator=gen).float()}
+    scores["a"][0, :3] = torch.tensor([-0.0, float("inf"), float("-inf")])
+    for sparsity in (0.1, 0.37, 0.5, 0.9):
+        masks = prune(scores, sparsity, scope=scope)
+        groups = [list(scores)] if scope == "global" else [[n] for n in scores]
+        for names in groups:
+            flat = torch.cat([scores[n].flatten() + 0.0 for n in names])
+            keep = flat.numel() - round(sparsity * flat.numel())
+            expected = torch.zeros(flat.numel(), dtype=torch.bool)
+            expected[torch.sort(flat, descending=True, stable=True).indices[:keep]] = True
+            assert torch.equal(torch.cat([masks[n].flatten() for n in names]), expected), (scope, sparsity)
+
+
+def test_global_prune_of_xlsr53_size_scores_stays_under_2_5_gb():
+    """302 M scores (XLSR-53's 24 layers x 6 Linears, 1.2 GB themselves) pruned in one global scope: the
+    selection adds the boolean masks and per-tensor temporaries, not a sorted copy with int64 indices."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, torch
+from lasp.search.pruning import prune
+gen = torch.Generator().manual_seed(0)
+shapes = [(1024, 1024)] * 4 + [(4096, 1024), (1024, 4096)]
+scores = {f"l{i}.{j}": torch.rand(s, generator=gen) for i in range(24) for j, s in enumerate(shapes)}
+masks = prune(scores, 0.5, scope="global")
+kept = sum(int(m.sum()) for m in masks.values())
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, peak_kib = map(int, done.stdout.split())
+    assert kept == 24 * (4 * 1024 * 1024 + 2 * 4096 * 1024) // 2
+    assert peak_kib / 2**20 < 2.5, f"peak RSS {peak_kib / 2**20:.2f} GiB"
+
+
 def test_two_four_keeps_exactly_two_of_every_four():
     scores = _scores()
     scores["b"] = torch.rand(7, 16)

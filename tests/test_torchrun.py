@@ -25,7 +25,7 @@ def _free_port() -> int:
 def test_torchrun_two_ranks_finetune_lasp(tmp_path):
     manifests = make_corpus(tmp_path, langs=("es", "de"), n_train=4, n_test=1)
     cfg = fast_recipe(tmp_path, manifests, "finetune.system=lasp", "finetune.max_steps=3", "finetune.ckpt_every=3",
-                      "finetune.init=tiny", "finetune.mask_time_prob=0.0")
+                      "finetune.init=tiny", "finetune.mask_time_prob=0.0", "finetune.export_languages=true")
     recipe = save_recipe(cfg, tmp_path / "recipe.yaml")
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -80,13 +80,15 @@ KILLED_RUN = textwrap.dedent("""
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("system", ["lasp", "adapters"])
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, system):
+@pytest.mark.parametrize("system, extra", [("lasp", ()), ("adapters", ()),
+                                           ("lasp", ("finetune.grad_accum_steps=3", "data.mixed=true"))],
+                         ids=["lasp", "adapters", "lasp-accumulating-mixed"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, system, extra):
     from lasp.train.finetune import finetune
 
     manifests = make_corpus(tmp_path / "corpus")
     common = [f"finetune.system={system}", "finetune.max_steps=8", "finetune.ckpt_every=3",
-              "finetune.mask_time_prob=0.2", "finetune.mask_time_length=2", "model.name=tiny"]
+              "finetune.mask_time_prob=0.2", "finetune.mask_time_length=2", "model.name=tiny", *extra]
     # uninterrupted
     ref_cfg = fast_recipe(tmp_path / "a", manifests, *common)
     ref_final = finetune(ref_cfg, progress=False)

@@ -13,7 +13,7 @@ def steps_command(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     result = run_bench(size=args.size, device=args.device, warmup=args.warmup, repeats=args.repeats,
                        layers=not args.no_layers, step=not args.no_step, density=args.density, seed=args.seed,
-                       modes=modes, threads=args.threads)
+                       modes=modes, threads=args.threads, precision=args.precision)
     print(format_table(result))
     if args.json:
         write_json(result, args.json, device=args.device)
@@ -52,6 +52,8 @@ def register(sub, name: str, help_text: str) -> None:
     s.add_argument("--density", type=float, default=0.5, help="fraction of weights the random masks keep")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU; default: torch's)")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast or fp32; auto: bf16 on CUDA, fp32 on CPU (what the goals are stated for)")
     s.add_argument("--no-layers", action="store_true", help="skip the per-GEMM benchmark")
     s.add_argument("--no-step", action="store_true", help="skip the whole training-step benchmark")
     s.add_argument("--json", default=None, help="also write rows and goals to this JSON file")

@@ -51,7 +51,7 @@ def _check_stage(sc: StageConfig, stage: str) -> None:
         raise ConfigError(f"key '{stage}.max_steps' must be >= 1")
     if sc.max_minutes is not None and sc.max_minutes <= 0:
         raise ConfigError(f"key '{stage}.max_minutes' must be > 0")
-    for key in ("log_every", "ckpt_every", "keep_checkpoints"):
+    for key in ("log_every", "ckpt_every", "keep_checkpoints", "grad_accum_steps"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"key '{stage}.{key}' must be >= 1")
     o = sc.optim

@@ -80,8 +80,15 @@ class StageConfig:
         "help": "write metrics (metrics.jsonl, TensorBoard) every N steps"})
     ckpt_every: int = field(default=200, metadata={"help": "save a checkpoint every N steps (and at the end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
-    precision: Literal["fp32", "bf16", "fp16"] = field(default="bf16", metadata={
-        "help": "autocast precision on GPU: fp32, bf16 or fp16 (CPU always trains in fp32)"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "autocast: auto (bf16 on a GPU, fp32 on CPU), bf16, fp16 (with a gradient scaler) on either "
+                "device, or fp32 (none)"})
+    grad_accum_steps: int = field(default=1, metadata={
+        "help": "micro-batches (per rank) whose gradients are summed into one optimizer step; the effective "
+                "batch is batch x grad_accum_steps x ranks"})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute encoder-layer activations in backward (transformers' gradient checkpointing): less "
+                "activation memory, about a third more compute"})
     resume: bool = field(default=True, metadata={
         "help": "continue from the newest checkpoint in run_dir when there is one"})
     resume_allow: list[str] = field(default_factory=list, metadata={
@@ -120,6 +127,9 @@ class FinetuneConfig(StageConfig):
     mask_time_length: int = field(default=10, metadata={"help": "time mask span in frames"})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="tri-stage"), metadata={
         "help": "optimizer and learning-rate schedule of fine-tuning"})
+    export_languages: bool = field(default=False, metadata={
+        "help": "also write final/<lang>/: one plain pipeline-loadable model per language (masked systems: one "
+                "full copy each; the shared system's link its one weights file; `lasp export` makes one later)"})
 
 
 @dataclass
@@ -132,6 +142,8 @@ class EvaluateConfig:
     out_dir: str | None = field(default=None, metadata={
         "help": "where recogs-*, errs-*, wer-summary-* and results.json go; null = <model>/../eval"})
     batch_size: int = field(default=8, metadata={"help": "utterances per decoding batch"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={
+        "help": "autocast precision of decoding: fp32 (none), bf16 or fp16"})
     languages: list[str] = field(default_factory=list, metadata={
         "help": "languages to evaluate; empty = every language in the manifest"})
 

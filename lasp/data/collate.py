@@ -7,8 +7,10 @@ feature-extractor config (``do_normalize`` in ``preprocessor_config.json``, see
 the attention mask follows the model config (layer-norm feature encoders such as XLSR get one; group-norm
 models are fed zero padding without a mask, as transformers recommends).
 
-Collators drop ``None`` items (rows the dataset skipped under ``on_bad="skip"``) and return ``None`` when nothing
-is left, so a loop skips such a batch. Every batch carries ``"langs"`` (one code per example).
+Collators drop the items the dataset skipped under ``on_bad="skip"`` (``{"skipped": BadRow}``, or ``None``) and
+list them under ``"skipped"``; when nothing usable is left the batch is only ``{"skipped": [...]}``
+(:func:`has_inputs` is False), so a loop skips it and still counts its rows. Every other batch carries
+``"langs"`` (one code per example).
 
 Pre-training masks follow wav2vec 2.0 (spans of ``mask_time_length`` frames started with ``mask_time_prob``,
 negatives drawn among the masked frames of the same utterance; both from the recipe), computed with
@@ -54,8 +56,15 @@ def receptive_field(config) -> int:
     return need
 
 
-def _present(items: Sequence[dict | None]) -> list[dict]:
-    return [it for it in items if it is not None]
+def _present(items: Sequence[dict | None]) -> tuple[list[dict], list]:
+    """(usable items, the skipped rows among them)."""
+    skipped = [it["skipped"] for it in items if it is not None and "skipped" in it]
+    return [it for it in items if it is not None and "skipped" not in it], skipped
+
+
+def has_inputs(batch: dict | None) -> bool:
+    """False for a batch every row of which was skipped (``{"skipped": [...]}``, or None)."""
+    return batch is not None and any(key != "skipped" for key in batch)
 
 
 def pad_audio(items: Sequence[dict], *, normalize: bool, attention_mask: bool,
@@ -108,12 +117,12 @@ class PretrainCollator:
         self.seed, self.min_masks, self.normalize = int(seed), int(min_masks), bool(normalize)
         self.attention_mask = wants_attention_mask(config)
 
-    def __call__(self, items: Sequence[dict | None]) -> dict | None:
+    def __call__(self, items: Sequence[dict | None]) -> dict:
         from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
-        items = _present(items)
+        items, skipped = _present(items)
         if not items:
-            return None
+            return {"skipped": skipped}
         batch, lengths = pad_audio(items, normalize=self.normalize, attention_mask=self.attention_mask)
         frames = feature_lengths(self.config, lengths)
         n_frames = int(feature_lengths(self.config, [batch["input_values"].shape[1]])[0])
@@ -130,6 +139,7 @@ class PretrainCollator:
         batch["mask_time_indices"] = torch.from_numpy(mask)
         batch["sampled_negative_indices"] = torch.from_numpy(negatives.astype(np.int64))
         batch["langs"] = [it["lang"] for it in items]
+        batch["skipped"] = skipped
         return batch
 
 
@@ -144,10 +154,10 @@ class CTCCollator:
         self.pad_id, self.normalize = int(pad_id), bool(normalize)
         self.attention_mask = wants_attention_mask(config)
 
-    def __call__(self, items: Sequence[dict | None]) -> dict | None:
-        items = _present(items)
+    def __call__(self, items: Sequence[dict | None]) -> dict:
+        items, skipped = _present(items)
         if not items:
-            return None
+            return {"skipped": skipped}
         missing = [it.get("id") for it in items if "labels" not in it]
         if missing:
             raise DataError(f"item(s) {', '.join(map(str, missing))} have no labels: give SpeechDataset a vocab")
@@ -164,6 +174,7 @@ class CTCCollator:
             labels[row, : len(it["labels"])] = torch.as_tensor(it["labels"], dtype=torch.long)
         batch["labels"] = labels
         batch["langs"] = [it["lang"] for it in items]
+        batch["skipped"] = skipped
         return batch
 
 

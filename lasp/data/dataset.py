@@ -1,10 +1,13 @@
 """SpeechDataset: manifest rows -> model-ready items, with every bad row reported by manifest line and path.
 
-Rows are validated up front as far as that is cheap (file exists, header readable, duration within limits,
-transcript non-empty and spellable with the vocabulary, language known). What only decoding reveals (corrupt
-frames, NaN samples, silence) is caught in ``__getitem__``: with ``on_bad="error"`` it raises a DataError naming
-the row, with ``on_bad="skip"`` the item comes back as ``None`` (the collators drop it), the skip is counted in
-:meth:`SpeechDataset.report` and logged with its row, so nothing is ever silently used or silently lost.
+Rows are validated up front as far as that is cheap (file exists, duration within limits, transcript non-empty
+and spellable with the vocabulary, language known). The audio header is opened only for a row whose manifest
+gives no duration (or with ``probe_audio=True``): at Common Voice scale every stage and rank would otherwise open
+hundreds of thousands of files before the first step. What only decoding reveals (a corrupt or truncated file,
+NaN samples, silence) is caught in ``__getitem__``: with ``on_bad="error"`` it raises a DataError naming the row;
+with ``on_bad="skip"`` the item comes back as ``{"skipped": BadRow}``, which the collators drop from the batch and
+hand on under ``batch["skipped"]`` (so a skip inside a DataLoader worker reaches the training process, which counts
+it in the run's summary), and it is logged with its row. Nothing is ever silently used or silently lost.
 """
 from __future__ import annotations
 
@@ -94,7 +97,7 @@ class SpeechDataset:
         known_languages: Iterable[str] | None = None,
         normalize: bool = True,
         sample_rate: int = SAMPLE_RATE,
-        probe_audio: bool = True,
+        probe_audio: bool = False,
         check: bool = True,
     ):
         if on_bad not in ("skip", "error"):
@@ -177,7 +180,7 @@ class SpeechDataset:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict:
         try:
             return self.read(index)
         except AudioError as err:
@@ -185,9 +188,9 @@ class SpeechDataset:
             bad = BadRow(utt.source, utt.row, utt.audio, utt.lang, err.reason, err.detail, utt.uid)
             if self.on_bad == "error":
                 raise DataError(str(bad)) from None
-            self._report.add(bad)
+            self._report.add(bad)  # this process's copy; in a DataLoader worker the batch carries it instead
             log.warning("skipping %s", bad)
-            return None
+            return {"skipped": bad}
 
     def read(self, index: int) -> dict:
         """Item ``index``; raises :class:`AudioError` when its audio cannot be decoded."""

@@ -6,7 +6,10 @@ weights: decoupled weight decay shrinks them and momentum from earlier steps (ot
 For AdamW (and Adam without weight decay) confinement happens inside the optimizer's own pass: a masked AdamW
 updates weight, first and second moment only where the step's union has a bit set, reading the union as
 packed bits, and leaves every other entry with its exact bits — no snapshot, no restore. On CPU it is one
-fused loop (:mod:`lasp.masked.kernels.native`); elsewhere multi-tensor torch ops and ``torch.where``. The inner
+fused loop (:mod:`lasp.masked.kernels.native`), on GPUs one Triton kernel (:mod:`lasp.masked.kernels.triton_adamw`),
+both a single pass that needs no memory beyond the optimizer's own; elsewhere (other dtypes, no Triton)
+multi-tensor torch ops and ``torch.where`` over a few tensors at a time, so their temporaries stay the size of
+the largest tensor, not of the model. The inner
 optimizer keeps the state (``exp_avg``, ``exp_avg_sq``, ``step``) in its usual place and format, so its
 ``state_dict`` and checkpoints are unchanged; it still steps every untargeted parameter itself.
 
@@ -25,7 +28,7 @@ from typing import Iterable
 import torch
 
 from lasp.masks.bits import unpack_bits
-from lasp.masked.kernels import native
+from lasp.masked.kernels import native, triton_adamw
 from lasp.masked.model import MaskedModel
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -101,17 +104,38 @@ def masked_adamw_step(params: list[torch.Tensor], unions: list[torch.Tensor], st
         host_steps[id(p)] = (st["step"], step)
         bc1, bc2_sqrt = 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
         g, m, v = p.grad, st["exp_avg"], st["exp_avg_sq"]
-        if p.dtype == torch.float32 and native.usable(p, g, m, v, bits):
-            native.masked_adamw_(p, g, m, v, bits, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
-                                 bias_correction1=bc1, bias_correction2_sqrt=bc2_sqrt, maximize=maximize)
+        fused = (native if p.dtype == torch.float32 and native.usable(p, g, m, v, bits) else
+                 triton_adamw if p.dtype == torch.float32 and triton_adamw.usable(p, g, m, v, bits) else None)
+        if fused is not None:
+            fused.masked_adamw_(p, g, m, v, bits, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                                bias_correction1=bc1, bias_correction2_sqrt=bc2_sqrt, maximize=maximize)
         else:
             slow.append((p, -g if maximize else g, m, v, bits, lr / bc1, bc2_sqrt))
     if slow:
         _masked_adamw_torch(slow, lr, beta1, beta2, eps, wd)
 
 
+# elements per group of tensors the torch-op path updates together: its temporaries (13 bytes per element) stay
+# under 30 MB, or the size of the largest tensor when that is bigger (XLSR-53: 4 M elements, 52 MB)
+_GROUP_ELEMENTS = 1 << 21
+
+
 def _masked_adamw_torch(items: list[tuple], lr: float, beta1: float, beta2: float, eps: float, wd: float) -> None:
-    """The same update with multi-tensor torch ops (GPU, non-fp32): new values, then ``where`` on the union."""
+    """The same update with multi-tensor torch ops (non-fp32, or no fused kernel): new values, then ``where`` on
+    the union, a group of tensors at a time."""
+    group: list[tuple] = []
+    size = 0
+    for item in items:
+        if group and size + item[0].numel() > _GROUP_ELEMENTS:
+            _masked_adamw_group(group, lr, beta1, beta2, eps, wd)
+            group, size = [], 0
+        group.append(item)
+        size += item[0].numel()
+    if group:
+        _masked_adamw_group(group, lr, beta1, beta2, eps, wd)
+
+
+def _masked_adamw_group(items: list[tuple], lr: float, beta1: float, beta2: float, eps: float, wd: float) -> None:
     ps, gs, ms, vs = ([it[i] for it in items] for i in range(4))
     keeps = [unpack_bits(it[4], it[0].shape) for it in items]
     step_sizes, bc2s = [it[5] for it in items], [it[6] for it in items]
@@ -119,14 +143,17 @@ def _masked_adamw_torch(items: list[tuple], lr: float, beta1: float, beta2: floa
     v_new = torch._foreach_mul(vs, beta2)
     torch._foreach_addcmul_(v_new, gs, gs, value=1 - beta2)
     denom = torch._foreach_sqrt(v_new)
+    for keep, v, vn in zip(keeps, vs, v_new):
+        torch.where(keep, vn, v, out=v)
+    del v_new
     torch._foreach_div_(denom, bc2s)
     torch._foreach_add_(denom, eps)
     p_new = torch._foreach_mul(ps, 1 - lr * wd)
     torch._foreach_addcdiv_(p_new, m_new, denom, [-s for s in step_sizes])
-    for keep, olds, news in ((k, (p, m, v), (pn, mn, vn)) for k, p, m, v, pn, mn, vn in
-                             zip(keeps, ps, ms, vs, p_new, m_new, v_new)):
-        for old, new in zip(olds, news):
-            torch.where(keep, new, old, out=old)
+    del denom
+    for keep, p, m, pn, mn in zip(keeps, ps, ms, p_new, m_new):
+        torch.where(keep, mn, m, out=m)
+        torch.where(keep, pn, p, out=p)
 
 
 class ConfinedOptimizer:

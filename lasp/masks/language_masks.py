@@ -77,6 +77,25 @@ class LanguageMasks:
                     raise MaskError(f"language {lang!r}: mask for {name} has shape {tuple(m.shape)}, "
                                     f"expected {shapes[name]}")
                 packed[lang][name] = pack_bits(m.detach().to("cpu", torch.bool).contiguous())
+        return cls.from_packed(packed, shapes, base_model=base_model, scorer=scorer, data=data, sparsity=sparsity,
+                               extra=extra)
+
+    @classmethod
+    def from_packed(
+        cls,
+        packed: Mapping[str, Mapping[str, torch.Tensor]],
+        shapes: Mapping[str, Iterable[int]],
+        *,
+        base_model: str | None = None,
+        scorer: str | None = None,
+        data: str | None = None,
+        sparsity=None,
+        extra: Mapping | None = None,
+    ) -> "LanguageMasks":
+        """Build from ``{lang: {parameter name: packed uint8 tensor}}`` (see :mod:`lasp.masks.bits`) and the
+        parameters' shapes, with the same metadata as :meth:`from_dense`."""
+        if not packed:
+            raise MaskError("a mask set needs at least one language")
         meta = {"base_model": base_model, "scorer": scorer, "data": data}
         if sparsity is not None:
             meta["requested_sparsity"] = sparsity

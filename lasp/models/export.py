@@ -1,6 +1,7 @@
 """One language of a trained system as a plain Hugging Face model that ``transformers.pipeline`` loads alone.
 
-``lasp export RUN --lang es --out DIR`` (and every fine-tuning stage, into ``final/<lang>/``) writes:
+``lasp export RUN --lang es --out DIR`` (and a fine-tuning stage with ``finetune.export_languages``, into
+``final/<lang>/``) writes:
 
     config.json + model.safetensors   a Wav2Vec2ForCTC whose weights are W ⊙ M_es (lasp / random masks), the
                                       shared weights (shared system), or the shared weights plus es's adapters
@@ -61,15 +62,27 @@ def _adapters_model(model, adapters, lang: str) -> torch.nn.Module:
     return plain
 
 
-def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_normalize: bool) -> Path:
-    """Write ``lang``'s plain model, tokenizer and feature extractor to ``out_dir`` (see the module docstring)."""
+def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_normalize: bool,
+                    weights: str | os.PathLike | None = None) -> Path:
+    """Write ``lang``'s plain model, tokenizer and feature extractor to ``out_dir`` (see the module docstring).
+
+    ``weights``: a ``model.safetensors`` already holding exactly this language's model (the shared system's
+    ``shared/``); it is hard-linked (copied where links are impossible) instead of written again.
+    """
     out_dir = Path(out_dir)
     model = language_model(system, lang)
     if model.config.vocab_size != len(vocab):
         raise ConfigError(f"the model's CTC head has {model.config.vocab_size} outputs but vocab.json has "
                           f"{len(vocab)} tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(os.fspath(out_dir))
+    if weights is None:
+        model.save_pretrained(os.fspath(out_dir))
+    else:
+        model.config.save_pretrained(os.fspath(out_dir))
+        try:
+            os.link(weights, out_dir / "model.safetensors")
+        except OSError:
+            shutil.copyfile(weights, out_dir / "model.safetensors")
     vocab.tokenizer(out_dir).save_pretrained(os.fspath(out_dir))
     save_feature_extractor(os.fspath(out_dir), model.config, do_normalize)
     atomic_write_json(out_dir / "lasp_export.json", {"language": lang, "system": system.name})

@@ -235,8 +235,14 @@ def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: 
     notes["adapters"] += (" (base frozen: only adapters and the CTC head train, as in MMS)" if cfg.adapters.freeze_base
                           else " (base model trained too: adapters.freeze_base is false)")
     parts += ["Systems:", ""] + [f"- **{s}**: {notes[s]}" for s in systems] + [""]
-    parts += ["Each fine-tuned system's `final/<lang>/` folder is a plain Wav2Vec2ForCTC with its processor "
-              "(`transformers.pipeline(\"automatic-speech-recognition\", model=...)` loads it); see `lasp export`.", ""]
+    if cfg.finetune.export_languages:
+        parts += ["Each fine-tuned system's `final/<lang>/` folder is a plain Wav2Vec2ForCTC with its processor "
+                  "(`transformers.pipeline(\"automatic-speech-recognition\", model=...)` loads it); see `lasp "
+                  "export`.", ""]
+    else:
+        parts += ["`lasp export RUN --lang X --out DIR` writes any language of a fine-tuned system as a plain "
+                  "Wav2Vec2ForCTC with its processor (`transformers.pipeline(\"automatic-speech-recognition\", "
+                  "model=DIR)` loads it).", ""]
 
     mask_dir = Path(cfg.masks.dir) if cfg.masks.dir else out / "masks-lasp"
     if (mask_dir / "mask_config.json").is_file():

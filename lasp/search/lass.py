@@ -20,10 +20,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from lasp.data.collate import has_inputs
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
-from lasp.models.objective import batch_loss
-from lasp.search.pruning import prune
+from lasp.models.objective import batch_loss, mean_loss
+from lasp.search.pruning import pack_masks, prune
 from lasp.masks.targets import select_targets
 
 CRITERIA = ("magnitude", "change")
@@ -58,11 +59,11 @@ def lass_language_masks(
     start = {n: p.detach().clone() for n, p in params.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
-    dense: dict[str, dict[str, torch.Tensor]] = {}
+    packed: dict[str, dict[str, torch.Tensor]] = {}
     skipped: dict[str, int] = {}
     try:
         for lang in tqdm(list(batches_by_lang), desc="lass languages", disable=None if progress else True):
-            batches = [b for b in batches_by_lang[lang] if b is not None]
+            batches = [b for b in batches_by_lang[lang] if has_inputs(b)]
             if not batches:
                 raise ConfigError(f"masks.method lass: no batches for language {lang!r}")
             model.load_state_dict(shared)  # every language adapts from the same shared weights
@@ -71,7 +72,7 @@ def lass_language_masks(
             model.train()
             for k in range(steps):
                 _, loss, frames = batch_loss(model, batches[k % len(batches)])
-                loss = loss / max(frames, 1.0)
+                loss = mean_loss(loss, frames)
                 opt.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
                     skipped[lang] = skipped.get(lang, 0) + 1  # counted into the mask set's metadata
@@ -81,14 +82,15 @@ def lass_language_masks(
             with torch.no_grad():
                 scores = {n: (p.detach() - start[n].to(p.device)).abs() if criterion == "change" else p.detach().abs()
                           for n, p in params.items()}
-            dense[lang] = {n: m.cpu() for n, m in prune(scores, sparsity, scope=scope, pattern=pattern).items()}
+            packed[lang] = pack_masks(prune(scores, sparsity, scope=scope, pattern=pattern))
             del scores
     finally:
         model.load_state_dict(shared)  # restore the shared model whatever happened
         model.train(was_training)
-    return LanguageMasks.from_dense(
-        dense, base_model=base_model, scorer=f"lass-{criterion}", data=data, sparsity={l: sparsity for l in dense},
+    return LanguageMasks.from_packed(
+        packed, {n: tuple(p.shape) for n, p in params.items()}, base_model=base_model, scorer=f"lass-{criterion}",
+        data=data, sparsity={l: sparsity for l in packed},
         extra={"method": "lass", "criterion": criterion, "steps": steps, "lr": lr, "scope": scope,
                "pattern": pattern, "seed": seed, "targets": list(targets) if targets else "default",
-               "skipped_nonfinite": {l: skipped.get(l, 0) for l in dense}},
+               "skipped_nonfinite": {l: skipped.get(l, 0) for l in packed}},
     )

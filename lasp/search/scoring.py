@@ -22,6 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
+from lasp.data.collate import has_inputs
 from lasp.models.objective import batch_loss
 from lasp.masks.targets import select_targets
 
@@ -79,7 +80,7 @@ def score_language(
         for batch in iterator:
             if max_batches is not None and used >= max_batches:
                 break
-            if batch is None:  # every row of it was undecodable (the dataset reported and counted them)
+            if not has_inputs(batch):  # every row of it was undecodable (the dataset reported and counted them)
                 continue
             _, loss, _ = batch_loss(model, batch, device)
             if not torch.isfinite(loss):

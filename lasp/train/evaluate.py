@@ -36,6 +36,7 @@ from lasp.models.features import feature_normalization
 from lasp.models.layout import is_model_dir
 from lasp.models.objective import model_inputs
 from lasp.models.system import System
+from lasp.train.precision import autocast, autocast_dtype
 
 
 def greedy_decode(logits: torch.Tensor, vocab, lengths: Sequence[int] | None = None) -> list[str]:
@@ -104,8 +105,9 @@ def length_batches(indices: Sequence[int], durations: Sequence[float], batch_siz
 
 
 @torch.no_grad()
-def decode_language(system, loader, vocab, lang: str, device: torch.device):
-    """(ids, references, hypotheses, unreadable rows) of the batches ``loader`` yields, through ``lang``."""
+def decode_language(system, loader, vocab, lang: str, device: torch.device, dtype: torch.dtype | None = None):
+    """(ids, references, hypotheses, unreadable rows) of the batches ``loader`` yields, through ``lang``
+    (under autocast in ``dtype`` when given)."""
     ids, refs, hyps, unreadable = [], [], [], []
     system.set_language(lang)
     system.train(False)
@@ -113,7 +115,8 @@ def decode_language(system, loader, vocab, lang: str, device: torch.device):
         unreadable += batch["unreadable"]
         if not batch["ids"]:
             continue
-        logits = system(**model_inputs(batch, device)).logits.float()
+        with autocast(device, dtype):
+            logits = system(**model_inputs(batch, device)).logits.float()
         hyps += greedy_decode(logits, vocab, feature_lengths(system.model.config, batch["lengths"]).tolist())
         refs += batch["texts"]
         ids += batch["ids"]
@@ -122,13 +125,14 @@ def decode_language(system, loader, vocab, lang: str, device: torch.device):
 
 def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, normalize: bool, batch_size: int = 8,
                     languages: Sequence[str] | None = None, device: torch.device | str = "cpu",
-                    unreadable: Sequence[dict] = (), num_workers: int = 0) -> dict:
+                    unreadable: Sequence[dict] = (), num_workers: int = 0, precision: str = "fp32") -> dict:
     """Decode and score every language; write the per-language files and results.json into ``out_dir``.
 
     ``dataset`` is a :class:`lasp.data.dataset.SpeechDataset` (every row, no length cap); ``unreadable`` lists
     rows found bad before decoding (``{"id", "audio", "reason", "lang"}``), reported with their language.
     """
     device = torch.device(device)
+    dtype = autocast_dtype(device, precision)
     langs = list(languages) if languages else sorted(set(dataset.langs) | {u["lang"] for u in unreadable})
     collator = EvalCollator(system.model.config, normalize=normalize)
     per_lang = {}
@@ -139,7 +143,7 @@ def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, normalize: b
             raise DataError(f"no test utterances for language {lang!r}")
         loader = make_loader(Readable(dataset), length_batches(idx, dataset.durations, batch_size), collator,
                              num_workers=num_workers, pin_memory=device.type == "cuda")
-        ids, refs, hyps, failed = decode_language(system, loader, vocab, lang, device)
+        ids, refs, hyps, failed = decode_language(system, loader, vocab, lang, device, dtype)
         bad += failed
         if not refs:
             raise DataError(f"language {lang!r}: none of its {len(bad)} test utterances could be read "
@@ -187,5 +191,5 @@ def evaluate(cfg) -> dict:
     out_dir = Path(ev.out_dir) if ev.out_dir else model_dir.parent / "eval"
     results = evaluate_system(system, dataset, vocab, out_dir=out_dir, normalize=feature_normalization(model_dir),
                               batch_size=ev.batch_size, languages=ev.languages or None, device=device,
-                              unreadable=unreadable, num_workers=cfg.data.num_workers)
+                              unreadable=unreadable, num_workers=cfg.data.num_workers, precision=ev.precision)
     return {**results, "out_dir": str(out_dir)}

@@ -20,7 +20,7 @@ from lasp.models.load import is_preset, load_model
 from lasp.models.objective import batch_loss
 from lasp.models.layout import is_model_dir
 from lasp.train import distributed as D
-from lasp.train.batches import LoaderStream
+from lasp.train.batches import LoaderStream, skipped_rows_summary
 from lasp.train.loop import Batch, train_loop
 from lasp.train.setup import export_final, resolve_masks, start_stage
 from lasp.models.system import System, build_system
@@ -62,9 +62,10 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     utts = read_split(cfg.data, "train")
     # rank 0 builds and saves the vocabulary; the others read it (concurrent writers could read a half-written file)
     vocab = load_vocab(cfg.data, utts, run_dir) if info.is_main else None
-    D.barrier(info)
+    D.wait_for_main(info)
     vocab = vocab if vocab is not None else load_vocab(cfg.data, utts, run_dir)
     dataset = make_dataset(cfg.data, utts, vocab)
+    checked_out = list(dataset.report().bad)  # rows dropped before training (decode-time skips come with batches)
     languages = sorted(set(dataset.langs))
     model = load_model(init, head="ctc", **{
         **cfg.model.overrides, "vocab_size": len(vocab), "pad_token_id": vocab.pad_id,
@@ -93,13 +94,15 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=f, run_dir=run_dir, info=info,
                         callbacks=callbacks, desc=f"finetune[{f.system}]", progress=progress)
+    skipped_rows = skipped_rows_summary(checked_out, D.all_gather_object(stream.skipped_rows, info))
     final = run_dir / "final"
     if info.is_main:
         summary = result.as_dict()
         trainable = sum(p.numel() for _, p in system.named_trainable())
         summary.update(stage="finetune", system=f.system, init=init, init_from=why, languages=languages,
-                       trainable_parameters=trainable, normalize=normalize)
+                       trainable_parameters=trainable, normalize=normalize, skipped_rows=skipped_rows,
+                       distributed=D.describe(info))
 
         final = export_final(system, run_dir, cfg, summary, extra=vocab.save)
-    D.barrier(info)
+    D.wait_for_main(info)
     return final

@@ -1,13 +1,14 @@
 """The training loop both stages share.
 
-One step: take the next batch of the stream (its languages select the
-sub-network / adapter), compute the stage's loss, back-propagate (DDP sums the
-gradients over ranks during backward), divide by the global normaliser (masked frames for
-pre-training, one per rank for CTC's per-utterance mean), clip, take a
-(confined) optimizer step and advance the LR schedule. A non-finite loss or
-gradient skips the update on every rank and is counted (``skipped_nonfinite``);
-the batch is consumed and the schedule still advances, so a step index always
-means the same batch and learning rate.
+One step (:mod:`lasp.train.step`): take ``grad_accum_steps`` micro-batches of
+the stream (their languages select the sub-network / adapter), compute the
+stage's loss under the stage's autocast and back-propagate each (DDP sums the
+gradients over ranks after the last one), divide by the global normaliser
+(masked frames for pre-training, one per micro-batch and rank for CTC's
+per-utterance mean), clip, take a (confined) optimizer step and advance the LR
+schedule. A non-finite loss or gradient skips the update on every rank and is
+counted (``skipped_nonfinite``); the batches are consumed and the schedule still
+advances, so a step index always means the same batches and learning rate.
 
 Checkpoints hold everything a resumed run needs to continue bit-for-bit on the
 same hardware: trainable tensors, optimizer, scheduler, the batch stream's
@@ -20,7 +21,6 @@ checkpoint, says how to resume, and re-raises (the CLI exits with 130).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -37,7 +37,9 @@ from lasp.locks import acquire
 from lasp.train import distributed as D
 from lasp.train.checkpoint import CheckpointError, load_resumable, rng_state, save_checkpoint, set_rng_state
 from lasp.train.metrics_log import MetricsLogger
+from lasp.train.precision import autocast_dtype, enable_activation_checkpointing, grad_scaler
 from lasp.train.schedule import lr_factor
+from lasp.train.step import Stepper
 from lasp.models.system import System
 
 
@@ -75,12 +77,6 @@ class TrainResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def make_optimizer(params: list[torch.nn.Parameter], stage: StageConfig) -> torch.optim.Optimizer:
     o = stage.optim
     if not params:
@@ -104,9 +100,9 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     inner = make_optimizer(params, stage)
     optimizer = system.wrap_optimizer(inner)
     scheduler = torch.optim.lr_scheduler.LambdaLR(inner, lr_factor(stage.optim, stage.max_steps))
-    use_scaler = info.device.type == "cuda" and stage.precision == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    confined = optimizer is not inner
+    dtype = autocast_dtype(info.device, stage.precision)
+    scaler = grad_scaler(info.device, dtype)
+    use_scaler = scaler.is_enabled()
 
     if info.is_main:
         acquire(run_dir, "run directory")  # re-entrant: the stage may hold it already; released at exit
@@ -144,7 +140,7 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
                      "scaler": scaler.state_dict() if use_scaler else {}, "ranks": per_rank,
                      "skipped_nonfinite": skipped, "elapsed_s": elapsed_before + (time.monotonic() - t0)}
             path = save_checkpoint(run_dir, at, system.state_tensors(), state, keep=stage.keep_checkpoints)
-        D.barrier(info)
+        D.wait_for_main(info)
         if path is not None and "on_checkpoint" in callbacks:
             callbacks["on_checkpoint"](at, path)
         return path
@@ -160,54 +156,38 @@ def train_loop(*, system: System, stream: BatchStream, loss_fn: LossFn, stage: S
     stopped_by = "max_steps"
     last_saved = step if ckpt is not None else -1
     budget = stage.max_minutes * 60.0 if stage.max_minutes is not None else math.inf
+
+    def over_budget() -> bool:
+        return elapsed_before + (time.monotonic() - t0) >= budget
+
+    if stage.activation_checkpointing:
+        enable_activation_checkpointing(system.model)
     D.distribute(system, info)  # DDP over the ranks (a no-op in one process)
     system.train(True)
+    stepper = Stepper(system=system, stream=stream, loss_fn=loss_fn, params=params, optimizer=optimizer,
+                      inner=inner, scaler=scaler, dtype=dtype, accum=stage.grad_accum_steps,
+                      max_grad_norm=stage.optim.max_grad_norm, info=info, languages=system.languages or [])
+    # later steps carry the budget check in their own reduction; this is the one before the first step
+    over = bool(D.all_reduce_sum(torch.tensor([float(over_budget())], device=info.device), info).item())
     try:
         while step < stage.max_steps:
-            over = elapsed_before + (time.monotonic() - t0) >= budget
-            if D.any_rank(over, info):
+            if over:
                 stopped_by = "max_minutes"
                 break
             if on_step_start is not None:
                 on_step_start(step)
-            batch = stream.next(step)
-            system.set_language(batch.langs)
-            with _autocast(info.device, stage.precision):
-                loss, weight, metrics = loss_fn(system, batch, step)
-            bad = D.any_rank(not bool(torch.isfinite(loss.detach()).all()), info)
-            if not bad:
-                scaler.scale(loss).backward()
-            total_weight = D.all_sum(weight, info)
-            grad_norm = float("nan")
-            unscaled = False
-            if not bad:
-                D.normalize_grads(params, total_weight, info)  # DDP already summed them during backward
-                if use_scaler:
-                    scaler.unscale_(inner)
-                    unscaled = True
-                clip = stage.optim.max_grad_norm if stage.optim.max_grad_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                bad = not math.isfinite(grad_norm)  # identical on every rank after the all-reduce
-            langs = D.step_languages(batch.langs, info)
-            if bad:
+            result = stepper.step(step, over_budget)
+            over = result.over_budget
+            if result.skipped:
                 skipped += 1
-            elif confined:
-                optimizer.step(languages=langs)
-            else:
-                optimizer.step()
-            if unscaled:
-                # update() reads the inf checks unscale_ records and asserts without them; after a non-finite
-                # loss (no backward) the scale stays: it only scales gradients, not the forward that overflowed
-                scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            loss_sum = D.all_sum(float(loss.detach()) if not bad else 0.0, info)
-            last_loss = loss_sum / max(total_weight, 1e-12) if not bad else float("nan")
+            last_loss = result.loss
             logger.advance()
             if step % stage.log_every == 0 or step == stage.max_steps:
-                logger.log(step, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                                  "skipped_nonfinite": skipped, "langs": ",".join(langs), **metrics})
+                metrics = {k: float(v) for k, v in result.metrics.items()}  # device values: read at log steps only
+                logger.log(step, {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": result.grad_norm,
+                                  "skipped_nonfinite": skipped, "langs": ",".join(result.languages), **metrics})
             if step % stage.ckpt_every == 0:
                 save(step)
                 last_saved = step

@@ -7,7 +7,7 @@ in wav2vec 2.0. The Gumbel temperature decays from gumbel_max to gumbel_min.
 Language-adaptive (system lasp/random): each batch runs through its language's
 sub-network and the confined optimizer updates only that sub-network.
 Codevector perplexity is logged; a value below perplexity_warn × codebook size
-means the quantizer is collapsing, and a warning says so.
+at a logged step means the quantizer is collapsing, and a warning says so.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, re
 from lasp.models.load import load_model
 from lasp.models.objective import batch_loss
 from lasp.train import distributed as D
-from lasp.train.batches import LoaderStream
+from lasp.train.batches import LoaderStream, skipped_rows_summary
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature
 from lasp.train.setup import export_final, resolve_masks, start_stage
@@ -39,6 +39,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
 
     utts = read_split(cfg.data, "train")
     dataset = make_dataset(cfg.data, utts)
+    checked_out = list(dataset.report().bad)  # rows dropped before training (decode-time skips come with batches)
     languages = sorted(set(dataset.langs))
     normalize = feature_normalization(init)
 
@@ -48,23 +49,37 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
     stream = LoaderStream(loader, sampler, device=info.device)
     codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
-    collapse = {"warned": False}
+    collapse = {"warned": False, "logged": None}
 
-    def on_step_start(step: int) -> None:
-        model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
-
-    def loss_fn(sys: System, batch: Batch, step: int):
-        out, loss, frames = batch_loss(sys, batch.inputs)
-        ppl = float(out.codevector_perplexity.detach())
-        if ppl < p.perplexity_warn * codebook and not collapse["warned"] and info.is_main:
+    def check_collapse() -> None:
+        """Warn once when a logged step's perplexity fell below perplexity_warn × codebook. Called before the
+        next step and after training: the device value is read when its step's backward has long been queued."""
+        logged, collapse["logged"] = collapse["logged"], None
+        if logged is None or collapse["warned"] or not info.is_main:
+            return
+        step, ppl = logged[0], float(logged[1])
+        if ppl < p.perplexity_warn * codebook:
             warnings.warn(f"pretrain step {step}: codevector perplexity {ppl:.1f} is below "
                           f"{p.perplexity_warn:g} × {codebook} codevectors — the quantizer is collapsing "
                           "(raise diversity_weight or gumbel_max, or lower the learning rate)", stacklevel=2)
             collapse["warned"] = True
-        metrics = {"contrastive": float(out.contrastive_loss.detach()) / max(frames, 1.0),
-                   "diversity": float(out.diversity_loss.detach()) / max(frames, 1.0), "ppl": ppl,
-                   "ppl_collapsed": float(ppl < p.perplexity_warn * codebook),
+
+    def on_step_start(step: int) -> None:
+        check_collapse()
+        model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
+
+    def loss_fn(sys: System, batch: Batch, step: int):
+        out, loss, frames = batch_loss(sys, batch.inputs)
+        # device values: the loop reads them at log steps, after backward (a read here would make the host wait
+        # for the forward before it could queue backward)
+        ppl = out.codevector_perplexity.detach()
+        per_frame = frames.clamp(min=1.0)
+        metrics = {"contrastive": out.contrastive_loss.detach() / per_frame,
+                   "diversity": out.diversity_loss.detach() / per_frame, "ppl": ppl,
+                   "ppl_collapsed": (ppl < p.perplexity_warn * codebook).float(),
                    "gumbel_temp": float(model.quantizer.temperature), "masked_frames": frames}
+        if (step + 1) % p.log_every == 0 or step + 1 == p.max_steps:
+            collapse["logged"] = (step, ppl)
         return loss, frames, metrics
 
     if info.is_main and progress:
@@ -72,10 +87,13 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=p, run_dir=run_dir, info=info,
                         on_step_start=on_step_start, callbacks=callbacks, desc=f"pretrain[{p.system}]",
                         progress=progress)
+    check_collapse()
+    skipped_rows = skipped_rows_summary(checked_out, D.all_gather_object(stream.skipped_rows, info))
     final = run_dir / "final"
     if info.is_main:
         summary = result.as_dict()
-        summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
+        summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize,
+                       skipped_rows=skipped_rows, distributed=D.describe(info))
         final = export_final(system, run_dir, cfg, summary)
-    D.barrier(info)
+    D.wait_for_main(info)
     return final

@@ -133,14 +133,14 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
             else:
                 masks = random_masks(model, languages, cfg, base_model=init)
             masks.save(out)
-        D.barrier(info)
+        D.wait_for_main(info)
         return LanguageMasks.load(out, languages)
     if source is not None:
         return LanguageMasks.load(source, languages)
     out = Path(m.dir) if m.dir else run_dir / "masks-lasp"
     if info.is_main:
         search_masks(cfg, init, languages, device=info.device, progress=progress).save(out)
-    D.barrier(info)
+    D.wait_for_main(info)
     return LanguageMasks.load(out, languages)
 
 
@@ -148,9 +148,11 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
                  extra: Callable[[Path], None] | None = None) -> Path:
     """Write ``<run_dir>/final`` atomically (temporary directory, then rename).
 
-    Layout: :mod:`lasp.models.layout`. The shared model gets the feature-extractor config training used (so the
-    next stage and exports normalize audio the same way); a fine-tuned system (``extra`` wrote vocab.json) also
-    gets one plain, pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.models.export`).
+    Layout: :mod:`lasp.models.layout`: one copy of the shared weights. The shared model gets the
+    feature-extractor config training used (so the next stage and exports normalize audio the same way). With
+    ``finetune.export_languages`` a fine-tuned system (``extra`` wrote vocab.json) also gets one plain,
+    pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.models.export`); for the shared system
+    these folders link the one weights file instead of copying it.
     """
     final = run_dir / "final"
     for stale in run_dir.glob(f"{TMP_PREFIX}final.*"):  # an export killed part-way (the run is ours: locked)
@@ -161,7 +163,7 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
         save_feature_extractor(str(tmp / SHARED_SUBDIR), system.model.config, normalize)
         if extra is not None:
             extra(tmp)
-        if (tmp / "vocab.json").is_file():
+        if (tmp / "vocab.json").is_file() and cfg.finetune.export_languages:
             _export_languages(system, tmp, summary.get("languages") or [], normalize)
         save_recipe(cfg, tmp / "recipe.yaml")
         atomic_write_json(tmp / "train_summary.json", summary)
@@ -178,8 +180,11 @@ def _export_languages(system: System, directory: Path, languages: Sequence[str],
     was_training = system.model.training
     system.train(False)
     try:
+        # every language of the shared system is the shared model: link its one weights file
+        weights = directory / SHARED_SUBDIR / "model.safetensors"
+        weights = weights if system.wrapper is None and weights.is_file() else None
         for lang in languages:
-            export_language(system, vocab, lang, directory / lang, do_normalize=normalize)
+            export_language(system, vocab, lang, directory / lang, do_normalize=normalize, weights=weights)
     except ConfigError as err:  # adapters on a post-norm encoder: the system itself is still saved and usable
         print(f"{directory.parent.name}/final: per-language exports skipped ({err})")
         for lang in languages:

@@ -58,4 +58,7 @@ def masked_convert(x: torch.Tensor, bits: torch.Tensor, out: torch.Tensor) -> to
 
     rows, cols = x.shape
     _kernel()[(rows, triton.cdiv(cols, BLOCK))](x, bits, out, cols, bits.shape[-1], BLOCK=BLOCK)
+    # a write through a raw pointer is invisible to autograd's version counter: bump it, so a graph that saved
+    # ``out`` (a cached masked copy being rewritten for another language) refuses stale values in backward
+    torch.autograd.graph.increment_version(out)
     return out
