@@ -21,7 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, system_name: str = "lasp") -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, system_name: str = "lasp", accumulate: int = 1) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -34,7 +34,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, system_name: str = "
     info = D.init_distributed("cpu")
     system, masks = _system(system_name)
     before = _trained_tensors(system)
-    run = train_loop(system=system, stream=_Stream([rank]), loss_fn=_loss, stage=_stage(), info=info,
+    stage = _stage()
+    stage.grad_accum_steps = accumulate
+    stream = _Stream([rank]) if accumulate == 1 else _RotatingStream(rank)
+    run = train_loop(system=system, stream=stream, loss_fn=_loss, stage=stage, info=info,
                      run_dir=os.path.join(out_dir, "run"), progress=False)
     assert isinstance(system.replica, DistributedDataParallel) and run.skipped_nonfinite == 0
     out = {**{f"after.{n}": t for n, t in _trained_tensors(system).items()},
@@ -93,6 +96,22 @@ class _Stream:
         pass
 
 
+class _RotatingStream(_Stream):
+    """Micro-batch i of rank r trains LANGS[(r + i) % 3]: with 2 micro-batches per step, rank 0 trains es then de,
+    rank 1 de then ru, so es's and ru's adapters are used by one rank only, and only in one micro-batch."""
+
+    def __init__(self, rank):
+        super().__init__([rank])
+        self.rank = rank
+
+    def next(self, step):
+        from conftest import make_ctc_batch
+        from lasp.train.loop import Batch
+
+        lang = LANGS[(self.rank + step) % len(LANGS)]
+        return Batch(make_ctc_batch(12, batch_size=2, samples=4000, seed=100 * self.rank + step), [lang, lang])
+
+
 def _loss(sys, batch, step):
     return sys(**batch.inputs).loss, 1.0, {}
 
@@ -105,10 +124,10 @@ def _stage():
                               "finetune.optim.max_grad_norm=0"]).finetune
 
 
-def _spawn(tmp_path, system_name):
+def _spawn(tmp_path, system_name, accumulate=1):
     from safetensors.torch import load_file
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), system_name), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), system_name, accumulate), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
     # ranks identical afterwards (every trained tensor, bit for bit)
@@ -147,6 +166,15 @@ def test_adapters_unused_on_a_rank_still_sync(tmp_path):
     moved = {lang: any(not torch.equal(r0[k], r0["before." + k[len("after."):]]) for k in r0
                        if k.startswith(f"after.{lang}.")) for lang in LANGS}
     assert moved == {"es": True, "de": True, "ru": False}
+
+
+def test_accumulated_micro_batches_sync_adapters_used_by_one_rank_in_one_micro_batch(tmp_path):
+    """DDP all-reduces once per step (no_sync for the first micro-batch): an adapter one rank used only in that
+    first micro-batch still reaches the other rank, so both end identical, and every language trained."""
+    r0 = _spawn(tmp_path, "adapters", accumulate=2)
+    moved = {lang: any(not torch.equal(r0[k], r0["before." + k[len("after."):]]) for k in r0
+                       if k.startswith(f"after.{lang}.")) for lang in LANGS}
+    assert moved == {"es": True, "de": True, "ru": True}
 
 
 def test_ddp_gradient_equals_one_process_on_both_batches(tmp_path):
