@@ -95,6 +95,7 @@ def _worker(rank: int, port: int, root: str, manifests: dict) -> None:
     D.shutdown(D.DistInfo(rank=rank, world_size=2))
 
 
+@pytest.mark.e2e  # two rank processes
 def test_two_ranks_pretrain_then_finetune_with_a_long_mask_search(tmp_path):
     """Both stages through torch DDP on two CPU ranks whose mixed batches hold different languages: rank 0
     searches the masks for longer than the training group's timeout while rank 1 waits (on the long-timeout gloo

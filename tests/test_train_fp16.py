@@ -1,10 +1,6 @@
-"""fp16 training in the shared loop: lasp's GradScaler branch, run on CPU.
-
-The loop takes its fp16 branch (fp16 autocast, a GradScaler, ``unscale_`` before clipping, ``update`` only after
-``unscale_``) on CUDA devices only; a CPU stage trains in fp32. To run that branch on a machine without a GPU, the
-test hands the loop a one-process DistInfo whose device type is "cuda" (one rank: nothing is moved to it, the
-batches stay on the CPU) and maps torch's CUDA GradScaler and autocast to their CPU implementations. Everything
-between the loss and the optimizer step is lasp's code.
+"""fp16 training in the shared loop on CPU: fp16 autocast, torch.amp.GradScaler("cpu"), ``unscale_`` before
+clipping, the scale kept after a non-finite loss and halved after an overflow. What a GPU runs with
+``precision: fp16``; everything between the loss and the optimizer step is lasp's code.
 """
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ import torch
 from conftest import make_ctc_batch
 from lasp.config.recipe import load_recipe
 from lasp.models.system import System
-from lasp.train import distributed as D
 from lasp.train.checkpoint import latest_checkpoint, load_checkpoint
 from lasp.train.loop import Batch, train_loop
 from lasp.train.metrics_log import read_metrics
@@ -44,21 +39,16 @@ class Stream:
 
 @pytest.fixture
 def cpu_fp16(monkeypatch):
-    """torch's CPU GradScaler and CPU fp16 autocast wherever the loop asks for the CUDA ones; the scalers made."""
+    """The gradient scalers the loop makes (torch's own, for the CPU), to read their scale during training."""
     scalers = []
-    grad_scaler, autocast = torch.amp.GradScaler, torch.autocast
+    grad_scaler = torch.amp.GradScaler
 
-    def make_scaler(device="cuda", **kw):
-        assert device == "cuda"
-        scalers.append(grad_scaler("cpu", **kw))
+    def make_scaler(device, **kw):
+        assert device == "cpu"
+        scalers.append(grad_scaler(device, **kw))
         return scalers[-1]
 
-    def make_autocast(device_type, *args, **kw):
-        assert device_type == "cuda"
-        return autocast("cpu", *args, **kw)
-
     monkeypatch.setattr(torch.amp, "GradScaler", make_scaler)
-    monkeypatch.setattr(torch, "autocast", make_autocast)
     return scalers
 
 
@@ -89,8 +79,7 @@ def _train(model, scalers, run_dir, max_steps, seen):
         return loss, 1.0, {}
 
     return train_loop(system=System("shared", model), stream=Stream(), loss_fn=loss_fn,
-                      stage=_fp16_stage(f"finetune.max_steps={max_steps}"), run_dir=run_dir,
-                      info=D.DistInfo(device=torch.device("cuda")), progress=False)
+                      stage=_fp16_stage(f"finetune.max_steps={max_steps}"), run_dir=run_dir, progress=False)
 
 
 def _grad_norm_fp32(model, weights, step):
@@ -124,8 +113,8 @@ def test_fp16_steps_skip_non_finite_losses_and_overflows_and_halve_the_scale_onl
         # a skipped step leaves every weight as it was, any other step trains
         assert _same(seen[i]["weights"], seen[i + 1]["weights"]) == skipped[i], i
         assert math.isnan(records[i]["loss"]) == skipped[i], i
-    # the scale halves after every skipped step whose backward ran (an overflow) and stays after a NaN loss, which
-    # never ran backward and says nothing about the scale
+    # the scale halves after every overflow of the scaled gradients and stays after a non-finite loss (its backward
+    # runs, so that nothing waits for the loss before backward, but the forward overflowed, not the scaled gradients)
     for i in range(STEPS - 1):
         halved = skipped[i] and i != NAN_STEP
         assert seen[i + 1]["scale"] == seen[i]["scale"] / (2 if halved else 1), i

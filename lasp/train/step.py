@@ -11,8 +11,9 @@ the device. After backward one float64 vector, [non-finite micro-batches, loss s
 budget, one entry per language], is summed over the ranks in one collective, and read back together with the
 gradient norm in one host synchronization. A non-finite loss or gradient on any rank skips the update on every
 rank (the gradients are all-reduced, so the norm agrees; the flag covers a non-finite loss with finite
-gradients). Under fp16 the gradient scaler unscales before the check and updates its scale after every step, so
-an overflow lowers the scale and the step is skipped and counted.
+gradients). Under fp16 the gradient scaler unscales before the check and updates its scale after every step: an
+overflow of the scaled gradients halves the scale; a non-finite loss (the forward overflowed) keeps it. Either
+step is skipped and counted.
 """
 from __future__ import annotations
 
@@ -92,8 +93,12 @@ class Stepper:
             else:
                 self.optimizer.step()
         if self.scaler.is_enabled():
-            # update() reads the inf checks unscale_ recorded: an overflow halves the scale
-            self.scaler.update()
+            if bad_loss > 0:
+                # the forward overflowed, not the scaled gradients: keep the scale (update() must still run after
+                # unscale_, and with new_scale it leaves the growth tracker alone)
+                self.scaler.update(new_scale=self.scaler.get_scale())
+            else:
+                self.scaler.update()  # reads the inf checks unscale_ recorded: an overflow halves the scale
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(skipped=skipped, loss=float("nan") if skipped else total_loss / max(total_weight, 1e-12),
                           grad_norm=grad_norm, languages=langs, over_budget=over_count > 0,
