@@ -8,10 +8,13 @@ parsed arguments and calls library functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from lasp import __version__
 from lasp.cli.commands import COMMANDS, RENAMED
@@ -66,6 +69,29 @@ def _stdout_gone() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which saves first, :mod:`lasp.train.stops`): unwind like Ctrl-C, so that
+    what is half-written is cleaned up and the exit status is 143."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     argv = current_spelling(given)
@@ -80,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("LASP_DEBUG"))
     try:
         _quiet_bars_when_logged()
-        with released_after():
+        with released_after(), _sigterm_interrupts():
             result = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except LaspError as err:
@@ -90,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         again = "resume with" if getattr(args, "resumable", False) else "run it again with"
-        detail = str(err).strip()  # training may say at which step it stopped and where it saved
-        line = f"{detail} ({again}: {_command_line(given)})" if detail else \
-            f"interrupted; {again}: {_command_line(given)}"
-        print(f"lasp {name}: {line}", file=sys.stderr)
-        return 130
+        signum = getattr(err, "signum", signal.SIGINT)
+        # training says at which step it stopped and where it saved
+        detail = str(err).strip() or ("interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)")
+        print(f"lasp {name}: {detail} ({again}: {_command_line(given)})", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         # like other Unix tools when the reader of their output exits: stop quietly (128 + SIGPIPE)
         _stdout_gone()
