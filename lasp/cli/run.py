@@ -6,7 +6,7 @@ import argparse
 from lasp.cli.options import add_explain, print_explain
 from lasp.cli.preflight import check_output_dir, check_output_file
 from lasp.config.recipe import load_recipe
-from lasp.run.runner import clean, demo_recipe_path, report_from_outputs, run
+from lasp.run.runner import demo_recipe_path, report_from_outputs, run
 
 DEFAULT_RECIPE = "demo"
 
@@ -29,9 +29,7 @@ def run_command(args: argparse.Namespace) -> int:
         return print_explain()
     cfg = _load(args)
     _check_outputs(cfg)
-    if args.fresh:
-        clean(cfg)
-    run(cfg)
+    run(cfg, fresh=args.fresh)
     return 0
 
 
@@ -53,7 +51,9 @@ def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     _add_common(p)
     if name == "run":
-        p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
+        p.add_argument("--fresh", action="store_true",
+                       help="start over: first remove what an earlier `lasp run` made in output_dir (its "
+                            "lasp_run.json lists it); the corpus and anything else there stay")
         p.set_defaults(handler=run_command, resumable=True)  # finished stages are skipped on a rerun
     else:
         p.set_defaults(handler=report_command)
