@@ -28,7 +28,7 @@ from lasp.errors import LaspError
 
 LOCK_NAME = ".lasp.lock"
 _held: dict[str, list[int]] = {}  # lock path -> [file descriptor, re-entry count] (this process)
-_made: set[str] = set()  # lock paths whose directory this process created only to hold the lock
+_made: dict[str, list[Path]] = {}  # lock path -> the folders this process created to hold it, deepest first
 _guard = threading.RLock()
 
 
@@ -80,7 +80,7 @@ def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
     Raises :class:`LockError` naming the holder when another process holds it.
     """
     directory = Path(directory)
-    existed = directory.is_dir()
+    created = [d for d in (directory, *directory.absolute().parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     key = str(path.resolve())
@@ -97,8 +97,8 @@ def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
         _held[key] = [fd, 1]
-        if not existed:
-            _made.add(key)
+        if created:
+            _made[key] = created
         return path
 
 
@@ -124,13 +124,12 @@ def release(directory: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         os.close(fd)
-        if key in _made:
-            # a command that failed before writing anything leaves no empty folder behind it
-            _made.discard(key)
+        # a command that failed before writing anything leaves no empty folder behind it
+        for folder in _made.pop(key, []):
             try:
-                path.parent.rmdir()
+                folder.rmdir()
             except OSError:
-                pass  # it holds what the command wrote (or someone else's files): kept
+                break  # it holds what the command wrote (or someone else's files): kept
 
 
 class locked:

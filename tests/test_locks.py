@@ -40,7 +40,7 @@ def _hold(d: Path, fork: bool) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.mark.parametrize("fork", [False, True])
-def test_a_killed_holder_frees_the_lock_at_once(tmp_path, fork):
+def test_a_killed_holder_frees_the_lock_at_once(tmp_path, fork, capfd):
     d = tmp_path / "run"
     proc, child = _hold(d, fork)
     try:
@@ -52,7 +52,9 @@ def test_a_killed_holder_frees_the_lock_at_once(tmp_path, fork):
         assert read_lock(d)["pid"] == proc.pid
         if fork:
             os.kill(child, 0)
+        capfd.readouterr()
         acquire(d, "run directory")
+        assert "stale" not in capfd.readouterr().err  # nothing guessed from the record, nothing taken over
         assert read_lock(d)["pid"] == os.getpid()
         release(d)
         assert not (d / LOCK_NAME).exists()
@@ -81,7 +83,7 @@ def _contender(d: str, barrier, results) -> None:
 
 def test_one_holder_among_processes_started_together(tmp_path):
     ctx = mp.get_context("fork")
-    for trial in range(5):
+    for trial in range(20):
         d = tmp_path / f"run-{trial}"
         d.mkdir()
         # a lock file left by a dead process: nothing to take over, nothing to race for

@@ -107,7 +107,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, corpus, capsys):
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_goes_with_it(tmp_path, corpus, capsys):
     from lasp.train.finetune import finetune
 
     overrides = [*COMMON, "finetune.max_steps=3", "finetune.ckpt_every=1"]
@@ -130,11 +130,10 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path,
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    # the holder died without releasing: its lock is stale, reported and taken over
+    # the holder died without releasing: the kernel released its lock with it, nothing to take over
     capsys.readouterr()
     final = finetune(fast_recipe(tmp_path, corpus, *overrides), progress=False)
-    err = capsys.readouterr().err
-    assert f"took over a stale lock (pid {holder.pid} on" in err
+    assert "stale" not in capsys.readouterr().err
     assert (final / "train_summary.json").is_file()
 
 
@@ -222,9 +221,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, corpus):
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if "interrupted" in l]
+    lines = [l for l in err.splitlines() if "Ctrl-C" in l]
     assert len(lines) == 1, err[-3000:]
-    step = int(lines[0].split("interrupted at step ")[1].split(";")[0])
+    step = int(lines[0].split("Ctrl-C: stopped after step ")[1].split(";")[0])
     assert step >= 3 and f"checkpoint saved in {run / 'checkpoints'}" in lines[0]
     assert f"(resume with: lasp finetune {recipe})" in lines[0]
     path, _, state, skipped = load_resumable(run)

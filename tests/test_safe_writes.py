@@ -141,7 +141,8 @@ def test_a_folder_made_only_for_a_lock_goes_with_it_and_nothing_else_does(tmp_pa
     made = tmp_path / "new" / "masks"
     acquire(made, "mask set")
     release(made)
-    assert not made.exists() and (tmp_path / "new").is_dir()  # only the folder the lock needed
+    assert not (tmp_path / "new").exists()  # every folder the lock needed, and only those
+    assert tmp_path.is_dir()
     written = tmp_path / "written"
     acquire(written)
     (written / "mask_config.json").write_text("{}")

@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         again = "resume with" if getattr(args, "resumable", False) else "run it again with"
         signum = getattr(err, "signum", signal.SIGINT)
-        # training says at which step it stopped and where it saved
-        detail = str(err).strip() or ("interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)")
-        print(f"lasp {name}: {detail} ({again}: {_command_line(given)})", file=sys.stderr)
+        detail = str(err).strip()  # training says at which step it stopped and where it saved
+        stopped = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        command = _command_line(given)
+        line = f"{detail} ({again}: {command})" if detail else f"{stopped}; {again}: {command}"
+        print(f"lasp {name}: {line}", file=sys.stderr)
         return 128 + signum
     except BrokenPipeError:
         # like other Unix tools when the reader of their output exits: stop quietly (128 + SIGPIPE)

@@ -145,17 +145,16 @@ def _clear_for_export(out_dir: Path, force: bool) -> set[str]:
     if not isinstance(record, dict):
         raise ConfigError(f"{out_dir} is not empty and holds no lasp export ({EXPORT_RECORD}); lasp will not "
                           "write into it: choose another --out")
-    kept = set(record.get("kept") or ()) & entries
     if record.get("complete", True):
         if not force:
             raise ConfigError(f"{out_dir} holds an export ({record.get('language')}); choose another --out or "
                               "pass --force to replace it")
         listed = record.get("files")
-        ours = (set(listed) & entries) if isinstance(listed, list) else entries - kept
-    else:
-        ours = entries - kept  # stopped part-way: everything but what was there before it started
+        ours = set(listed) & entries if isinstance(listed, list) else entries  # (an export of an earlier lasp)
+    else:  # stopped part-way: everything but what was there before it started
+        ours = entries - set(record.get("kept") or ())
     _remove(out_dir, ours | leftovers | ({EXPORT_RECORD} & entries))
-    return kept
+    return {e.name for e in out_dir.iterdir()} - {LOCK_NAME}
 
 
 def _remove(directory: Path, names: set[str]) -> None:
