@@ -102,11 +102,6 @@ def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
         return path
 
 
-def holds(directory: str | os.PathLike) -> bool:
-    """Whether this process holds the lock of ``directory``."""
-    return str((Path(directory) / LOCK_NAME).resolve()) in _held
-
-
 def release(directory: str | os.PathLike) -> None:
     """Undo one :func:`acquire`; the lock (and its file) goes when the last holder in this process releases it."""
     path = Path(directory) / LOCK_NAME

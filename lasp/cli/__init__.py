@@ -76,16 +76,21 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    pid = os.getpid()
+
+    def raise_terminated(signum, frame) -> None:
+        if os.getpid() != pid:  # a forked worker inherited this handler: it ends as SIGTERM ends a process
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:

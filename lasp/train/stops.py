@@ -11,6 +11,7 @@ after a grace period, which a step boundary comes well within.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -33,8 +34,15 @@ class StopRequests:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a process forked during training inherited this handler: the usual ending
+            signal.signal(signum, signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now
         if self.signum is None:
