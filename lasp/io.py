@@ -174,6 +174,15 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
         fsync_dir(path.parent)
 
 
+def ordinary_modes(directory: str | os.PathLike) -> None:
+    """Give the files in ``directory`` the permissions an ordinary ``open()`` gives (``0o666`` less the umask):
+    libraries that write through :func:`tempfile.mkstemp` (transformers' ``save_pretrained``) leave ``0o600``."""
+    mode = 0o666 & ~_umask()
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            os.chmod(entry.path, mode)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes (cached per path, size and modification time within a process)."""
     path = os.fspath(path)

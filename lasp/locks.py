@@ -1,22 +1,21 @@
-"""One writer per run directory and per mask set.
+"""One writer per run directory, output folder and mask set.
 
-A lock is a file ``<dir>/.lasp.lock`` holding the writer's pid, host, start
-time and command. It is created atomically (written under a temporary name,
-then hard-linked into place, which fails if a lock is already there), so two
-writers started at the same instant cannot both win.
+A lock is ``fcntl.flock`` on the file ``<dir>/.lasp.lock``: the kernel grants it to one open file at a time
+and releases it when its holder closes it or dies, however it dies (``kill -9`` included). There is no stale
+lock to detect or take over, and no window in which two processes can both think they hold it.
 
-A second writer finds the file and stops with an error naming the directory
-and the holder. A lock whose process is gone (same host, pid not running) is
-stale: it is reported and taken over. A lock from another host cannot be
-checked from here; the message says how to remove it once that job is gone.
+The file also holds a human-readable record of the holder (pid, host, start time, command) so that a second
+writer can say who is in its way; the record is only read for that message, never to decide anything.
 
-Locks are re-entrant within one process (a stage takes the run lock, the
-training loop takes it again) and are released at process exit; a killed
-process leaves a stale lock, which the next run takes over.
+Locks are re-entrant within one process (a stage takes the run lock, the training loop takes it again) and are
+released at process exit. A forked child (a DataLoader worker) does not keep its parent's locks: its copies of
+the lock files are closed right after the fork, so a killed parent's locks go with the parent.
 """
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import json
 import os
 import socket
@@ -28,136 +27,104 @@ from pathlib import Path
 from lasp.errors import LaspError
 
 LOCK_NAME = ".lasp.lock"
-_held: dict[str, int] = {}  # lock path -> re-entry count (this process)
-_made: set[str] = set()  # lock paths whose directory this process created only to hold the lock
-_guard = threading.Lock()
+_held: dict[str, list[int]] = {}  # lock path -> [file descriptor, re-entry count] (this process)
+_made: dict[str, list[Path]] = {}  # lock path -> the folders this process created to hold it, deepest first
+_guard = threading.RLock()
 
 
 class LockError(LaspError):
-    """Another process is writing to the same run directory or mask set."""
-
-
-def _host() -> str:
-    return socket.gethostname()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    """Another process is writing to the same run directory, output folder or mask set."""
 
 
 def read_lock(directory: str | os.PathLike) -> dict | None:
+    """The holder record in ``directory``'s lock file: None without a file, ``{}`` when it is unreadable."""
     path = Path(directory) / LOCK_NAME
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}  # unreadable or half-written: treated like a lock without a known holder
+        return {}  # being written right now, or not ours
 
 
-def _describe(holder: dict) -> str:
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "its holder has not recorded itself yet"
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
 
 
-def _try_create(path: Path, record: dict) -> bool:
-    tmp = path.with_name(f"{LOCK_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    try:
-        os.link(tmp, path)  # atomic: fails when a lock file exists
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+def _open_locked(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its flock, or None when another open file holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        # a holder that released the lock unlinks the file: a lock on the unlinked file guards nothing, so
+        # take it only while the name still refers to the file locked
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def acquire(directory: str | os.PathLike, what: str = "directory") -> Path:
     """Take the lock of ``directory`` (created if needed) for this process; returns the lock file's path.
 
-    Raises :class:`LockError` when a live process holds it.
+    Raises :class:`LockError` naming the holder when another process holds it.
     """
     directory = Path(directory)
-    existed = directory.is_dir()
+    created = [d for d in (directory, *directory.absolute().parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     key = str(path.resolve())
     with _guard:
         if key in _held:
-            _held[key] += 1
+            _held[key][1] += 1
             return path
-        record = {"pid": os.getpid(), "host": _host(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        fd = _open_locked(path)
+        if fd is None:
+            raise LockError(f"{what} {directory} is in use by another lasp process ({_describe(read_lock(directory))}); "
+                            "wait for it to finish or use another directory")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "command": " ".join(sys.argv)[:500]}
-        for _ in range(20):
-            if _try_create(path, record):
-                _held[key] = 1
-                if not existed:
-                    _made.add(key)
-                return path
-            holder = read_lock(directory)
-            if holder is None:  # released between our attempt and the read
-                continue
-            if not holder:
-                # a lock file without content: its writer died between create and write (or is writing now)
-                try:
-                    age = time.time() - path.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age < 5:
-                    time.sleep(0.2)
-                    continue
-            elif holder.get("host") != _host():
-                raise LockError(f"{what} {directory} is locked by {_describe(holder)}; if that job has ended, "
-                                f"delete {path}")
-            elif holder.get("pid") == os.getpid():  # our own lock left by a forgotten release
-                _held[key] = 1
-                return path
-            elif _alive(int(holder.get("pid", -1))):
-                raise LockError(f"{what} {directory} is in use by another lasp process ({_describe(holder)}); "
-                                f"wait for it to finish or use another directory")
-            # stale: move it aside under a unique name (only one taker succeeds), then retry the create
-            aside = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue
-            aside.unlink(missing_ok=True)
-            print(f"lasp: {what} {directory}: took over a stale lock "
-                  f"({_describe(holder) if holder else 'no holder recorded'}; that process is not running)",
-                  file=sys.stderr)
-        raise LockError(f"{what} {directory}: could not take the lock {path}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+        _held[key] = [fd, 1]
+        if created:
+            _made[key] = created
+        return path
 
 
 def release(directory: str | os.PathLike) -> None:
-    """Undo one :func:`acquire`; the file goes when the last holder in this process releases it."""
+    """Undo one :func:`acquire`; the lock (and its file) goes when the last holder in this process releases it."""
     path = Path(directory) / LOCK_NAME
     key = str(path.resolve())
     with _guard:
         if key not in _held:
             return
-        _held[key] -= 1
-        if _held[key] > 0:
+        _held[key][1] -= 1
+        if _held[key][1] > 0:
             return
-        del _held[key]
-        _remove_if_ours(path)
-        if key in _made:
-            # a command that failed before writing anything leaves no empty folder behind it
-            _made.discard(key)
+        fd, _ = _held.pop(key)
+        # unlink while still holding the lock: a waiter that opened the old file sees it gone and retries
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        # a command that failed before writing anything leaves no empty folder behind it
+        for folder in _made.pop(key, []):
             try:
-                path.parent.rmdir()
+                folder.rmdir()
             except OSError:
-                pass  # it holds what the command wrote (or someone else's files): kept
-
-
-def _remove_if_ours(path: Path) -> None:
-    holder = read_lock(path.parent)
-    if holder and holder.get("pid") == os.getpid() and holder.get("host") == _host():
-        path.unlink(missing_ok=True)
+                break  # it holds what the command wrote (or someone else's files): kept
 
 
 class locked:
@@ -188,8 +155,25 @@ class released_after:
 
 def _release_fully(key: str) -> None:
     """Drop every re-entry of the lock at ``key`` (a lock file path) at once."""
-    _held[key] = 1
+    with _guard:
+        if key in _held:
+            _held[key][1] = 1
     release(Path(key).parent)
+
+
+def _forget_in_child() -> None:
+    # the child of a fork shares the parent's open lock files: closing its copies leaves the locks with the
+    # parent alone (an unlock here would release them for the parent too)
+    for fd, _ in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+    _made.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 @atexit.register

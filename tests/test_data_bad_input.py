@@ -30,6 +30,8 @@ CASES = [
     ("notext.flac", "tone", " ¿?! ", "es", "empty_text", None),
     ("oov.flac", "tone", "hola ñandú", "es", "unknown_chars", None),
     ("lang.flac", "tone", "hola", "xx", "unknown_language", None),
+    # 200 characters for 0.5 s: more than its 25 frames of 20 ms can emit
+    ("wordy.flac", "tone", "hola " * 40, "es", "text_too_long", None),
 ]
 
 
@@ -86,7 +88,7 @@ def test_skip_policy_counts_each_bad_row_with_row_and_path(manifest):
     assert len(ds) == 3  # good, silent and NaN pass the cheap checks
     assert report.total == len(CASES)
     summary = ds.summary()
-    assert summary.startswith(f"skipped 8 of {len(CASES)} rows") and "missing" in summary and "empty transcript" in summary
+    assert summary.startswith(f"skipped 9 of {len(CASES)} rows") and "missing" in summary and "empty transcript" in summary
 
 
 def test_decode_time_failures_are_skipped_by_the_collator_and_counted(manifest):
@@ -150,4 +152,30 @@ def test_info_command_lists_bad_rows(manifest, capsys):
 
     assert main(["data", "info", manifest, "--decode", "--max-seconds", "2", "--known-languages", "es"]) == 0
     out = capsys.readouterr().out
-    assert "2 usable of 11 rows" in out and "silent.flac" in out and "missing.flac" in out
+    assert "2 usable of 12 rows" in out and "silent.flac" in out and "missing.flac" in out
+    assert "wordy.flac): a transcript of 199 characters for 0.50 s of audio (at most 25" in out
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"id": "a"}, {"id": "b"}, {"id": "a"}], r"m\.jsonl:3: id 'a' was already given at line 1"),
+    ([{"lang": "es"}, {"lang": "de"}, {"lang": "ES"}], r"m\.jsonl:3: language code 'ES' differs from 'es' \(line 1\) "
+                                                       r"only in case"),
+    ([{}, {"duration": -1.0}], r"m\.jsonl:2: 'duration' must be a number of seconds >= 0, got -1\.0"),
+])
+def test_manifest_rows_that_cannot_all_be_right_are_refused(tmp_path, rows, message):
+    lines = [json.dumps({"audio": f"{i}.wav", "text": "hola", "lang": "es", **row}) for i, row in enumerate(rows)]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=message):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_evaluation_refuses_two_rows_with_one_utterance_id(tmp_path):
+    from lasp.train.evaluate import check_unique_ids
+
+    for folder in ("a", "b"):
+        write_audio(str(tmp_path / folder / "x.wav"), tone(0.5))
+    # no id field: the id is <lang>/<file name>, the same for both rows
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"audio": f"{f}/x.wav", "text": "hola", "lang": "es"}) + "\n"
+                                              for f in ("a", "b")))
+    with pytest.raises(DataError, match=r"t\.jsonl:2 .*: utterance id 'es/x' repeats line 1"):
+        check_unique_ids(read_manifest(tmp_path / "t.jsonl"))

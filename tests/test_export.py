@@ -126,8 +126,48 @@ def test_lasp_export_command(finetuned, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run_dir), "--lang", "ru", "--out", str(tmp_path / "ru")]) == 1
     assert "no language 'ru'" in capsys.readouterr().err
+    assert not (tmp_path / "ru").exists()  # refused before anything was written
     assert main(["export", str(run_dir), "--lang", "de", "--out", str(tmp_path / "de")]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert "holds an export (de)" in capsys.readouterr().err
+
+
+def test_export_never_writes_into_the_run_or_a_folder_it_did_not_make(finetuned, tmp_path, capsys):
+    from test_provenance_masks import tree_hashes
+
+    final, _ = finetuned
+    run_dir = final.parent
+    before = tree_hashes(run_dir)
+    for out in (run_dir, final, final / "de", run_dir.parent):
+        assert main(["export", str(run_dir), "--lang", "es", "--out", str(out), "--force"]) == 1
+        assert "an export goes to a folder of its own" in capsys.readouterr().err
+    assert tree_hashes(run_dir) == before
+    # a folder of the user's is not an export: --force does not make it one
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    assert main(["export", str(run_dir), "--lang", "es", "--out", str(mine), "--force"]) == 1
+    assert "holds no lasp export" in capsys.readouterr().err
+    assert os.listdir(mine) == ["notes.txt"]
+    # an export stopped part-way (a kill leaves its record saying so) is redone by the same command; --force
+    # replaces a complete one, removing only the files it lists
+    out = tmp_path / "es"
+    assert main(["export", str(run_dir), "--lang", "es", "--out", str(out)]) == 0
+    record = json.loads((out / "lasp_export.json").read_text())
+    assert "model.safetensors" in record["files"] and "complete" not in record
+    (out / "model.safetensors").write_bytes(b"half")
+    (out / "lasp_export.json").write_text(json.dumps({"complete": False, "language": "es", "kept": []}))
+    assert main(["export", str(run_dir), "--lang", "es", "--out", str(out)]) == 0
+    (out / "README.md").write_text("added by the user\n")
+    assert main(["export", str(run_dir), "--lang", "es", "--out", str(out), "--force"]) == 0
+    assert (out / "README.md").read_text() == "added by the user\n"
+    assert json.loads((out / "lasp_export.json").read_text())["files"] == record["files"]
+    assert oct((out / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def test_a_shared_finetune_holds_one_model_file(tmp_path):

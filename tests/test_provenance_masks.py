@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,30 @@ def test_masks_searched_on_other_base_weights_are_refused(tmp_path, corpus):
     with pytest.raises(MaskError, match=r"the set has base_model=tiny \(weights sha256 \w{12}\); the recipe asks "
                                         r"base_model=tiny \(weights sha256 \w{12}\)"):
         pretrain(tiny_recipe(corpus, tmp_path / "b", f"masks.dir={shared}", "seed=1"), progress=False)
+
+
+def test_masks_pruned_on_one_folder_are_refused_on_another_with_other_weights(tmp_path, corpus, capsys):
+    from lasp.cli import main
+    from lasp.models.load import load_model
+    from lasp.train.pretrain import pretrain
+
+    def folder(name, seed):
+        torch.manual_seed(seed)
+        model = load_model("tiny", head="pretraining", **tiny_recipe(corpus, tmp_path).model.overrides)
+        model.save_pretrained(tmp_path / name)
+        return tmp_path / name
+
+    a, b = folder("A", 0), folder("B", 1)
+    shutil.copytree(a, tmp_path / "copy-of-A")
+    shared = tmp_path / "set"
+    assert main(["masks", "prune", "--model", str(a), "--data", str(corpus["train"]), "--out", str(shared),
+                 "--scorer", "magnitude", "--sparsity", "0.5", "--min-utterances", "2"]) == 0
+    common = ["masks.scorer=magnitude", f"masks.dir={shared}"]
+    with pytest.raises(MaskError, match=rf"the set has base_model={a} \(weights sha256 \w{{12}}\); the recipe asks "
+                                        rf"base_model={b} \(weights sha256 \w{{12}}\)"):
+        pretrain(tiny_recipe(corpus, tmp_path / "b", *common, f"model.name={b}"), progress=False)
+    # the same weights in another folder are the same base model
+    pretrain(tiny_recipe(corpus, tmp_path / "c", *common, f"model.name={tmp_path / 'copy-of-A'}"), progress=False)
 
 
 def test_mask_dir_with_files_but_no_config_is_never_overwritten(tmp_path, corpus):

@@ -30,3 +30,12 @@ def test_other_scalars_resolve_as_before():
     data = yaml_load("a: 10\nb: 5.0e-4\nc: 1e-3\nd: true\ne: null\nf: -3\ng: 0x10\nh: 1:30.5\ni: .inf\n")
     assert data == {"a": 10, "b": 5.0e-4, "c": 1e-3, "d": True, "e": None, "f": -3, "g": 16, "h": "1:30.5",
                     "i": float("inf")}
+
+
+def test_a_file_far_larger_than_any_recipe_is_refused_before_parsing(tmp_path):
+    from lasp.errors import ConfigError
+
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("data:\n  languages: [" + "es, " * 600_000 + "de]\n")  # 2.4 MB: parsing it would take minutes
+    with pytest.raises(ConfigError, match=rf"{huge}: 2\.3 MiB is not a recipe \(recipes are a few KiB"):
+        load_recipe(huge)

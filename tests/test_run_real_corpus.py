@@ -114,8 +114,7 @@ def test_fresh_does_not_delete_a_user_corpus_inside_output_dir(user_run, tmp_pat
     shutil.copytree(user_run["corpus"], corpus)
     args = ["run", "--fresh", str(RECIPE), f"output_dir={tmp_path}", f"run.corpus={corpus}",
             f"model.name={user_run['ckpt']}"]
-    assert main(args) == 1
-    assert "a corpus lasp did not make" in capsys.readouterr().err
+    main(args)  # it runs (and stops at the recipe's own min_utterances for these few rows)
     assert _sha256(corpus) == user_run["before"]
 
 

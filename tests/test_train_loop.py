@@ -44,8 +44,9 @@ def test_nonfinite_losses_are_skipped_and_counted(tmp_path, tiny_ctc):
         seen[step] = {n: p.detach().clone() for n, p in tiny_ctc.named_parameters()}
         return loss, 1.0, {}
 
-    res = train_loop(system=system, stream=Stream(), loss_fn=loss_fn, stage=_stage("finetune.max_steps=5"),
-                     run_dir=tmp_path, progress=False)
+    res = train_loop(system=system, stream=Stream(), loss_fn=loss_fn,
+                     stage=_stage("finetune.max_steps=5", "finetune.max_nonfinite=0.5"), run_dir=tmp_path,
+                     progress=False)
     assert res.step == 5 and res.skipped_nonfinite == 2
     # a skipped step leaves every weight untouched: weights seen at step 2 equal those at step 1
     for n in seen[1]:
@@ -55,6 +56,29 @@ def test_nonfinite_losses_are_skipped_and_counted(tmp_path, tiny_ctc):
     assert [r["skipped_nonfinite"] for r in records] == [0, 1, 1, 2, 2]
     assert math.isnan(records[1]["loss"]) and math.isfinite(records[2]["loss"])
     assert (tmp_path / "tb").is_dir() and any((tmp_path / "tb").iterdir())
+
+
+@pytest.mark.parametrize("steps, nan_from, stops_at", [(30, 3, 20), (5, 4, 5)])
+def test_a_diverging_run_stops_with_an_error(tmp_path, tiny_ctc, steps, nan_from, stops_at):
+    """More than max_nonfinite (10 %) of the steps non-finite: judged from step 20 on, and at the end of a
+    shorter run. The run stops with one message and no final weights."""
+    from lasp.train.loop import Diverged
+
+    system = System("shared", tiny_ctc)
+
+    def loss_fn(sys, batch, step):
+        loss = sys(**batch.inputs).loss
+        return (loss * float("inf") if step + 1 >= nan_from else loss), 1.0, {}
+
+    with pytest.raises(Diverged) as err:
+        train_loop(system=system, stream=Stream(), loss_fn=loss_fn, stage=_stage(f"finetune.max_steps={steps}"),
+                   run_dir=tmp_path, progress=False, desc="finetune[shared]")
+    bad = stops_at - nan_from + 1
+    assert str(err.value).startswith(f"finetune[shared] diverged: the loss was not finite in {bad} of the first "
+                                     f"{stops_at} steps (more than finetune.max_nonfinite=0.1 of them)")
+    assert "\n" not in str(err.value)
+    assert max(r["step"] for r in read_metrics(tmp_path)) == stops_at
+    assert not (tmp_path / "checkpoints").exists()  # nothing saved after (or at) the divergence
 
 
 def test_time_budget_stops_training_and_checkpoints(tmp_path, tiny_ctc):

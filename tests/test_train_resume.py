@@ -64,6 +64,21 @@ def test_latest_pointing_at_a_missing_checkpoint_is_reported(tmp_path):
         latest_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["../../other-run/checkpoints/step-00000060", "/abs/step-00000001", "step-1"])
+def test_latest_naming_anything_but_a_checkpoint_of_this_run_is_refused(tmp_path, name):
+    from lasp.train.checkpoint import CheckpointError, load_resumable
+
+    other = tmp_path / "other-run"
+    save_checkpoint(other, 60, {"w": torch.ones(2)}, {"step": 60})
+    run = tmp_path / "a" / "b"
+    save_checkpoint(run, 2, {"w": torch.zeros(2)}, {"step": 2})
+    (run / "checkpoints" / "latest").write_text(name + "\n")
+    for read in (load_resumable, latest_checkpoint):
+        with pytest.raises(CheckpointError, match=rf"{run / 'checkpoints' / 'latest'} names '{name}', which is not a "
+                                                  r"checkpoint of this run.*delete"):
+            read(run)
+
+
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})

@@ -8,10 +8,13 @@ parsed arguments and calls library functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from lasp import __version__
 from lasp.cli.commands import COMMANDS, RENAMED
@@ -66,6 +69,34 @@ def _stdout_gone() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which saves first, :mod:`lasp.train.stops`): unwind like Ctrl-C, so that
+    what is half-written is cleaned up and the exit status is 143."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid = os.getpid()
+
+    def raise_terminated(signum, frame) -> None:
+        if os.getpid() != pid:  # a forked worker inherited this handler: it ends as SIGTERM ends a process
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     argv = current_spelling(given)
@@ -80,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(os.environ.get("LASP_DEBUG"))
     try:
         _quiet_bars_when_logged()
-        with released_after():
+        with released_after(), _sigterm_interrupts():
             result = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except LaspError as err:
@@ -90,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         again = "resume with" if getattr(args, "resumable", False) else "run it again with"
-        detail = str(err).strip()  # training may say at which step it stopped and where it saved
-        line = f"{detail} ({again}: {_command_line(given)})" if detail else \
-            f"interrupted; {again}: {_command_line(given)}"
+        signum = getattr(err, "signum", signal.SIGINT)
+        detail = str(err).strip()  # training says at which step it stopped and where it saved
+        stopped = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        command = _command_line(given)
+        line = f"{detail} ({again}: {command})" if detail else f"{stopped}; {again}: {command}"
         print(f"lasp {name}: {line}", file=sys.stderr)
-        return 130
+        return 128 + signum
     except BrokenPipeError:
         # like other Unix tools when the reader of their output exits: stop quietly (128 + SIGPIPE)
         _stdout_gone()

@@ -65,7 +65,7 @@ def cmd_synth(args) -> int:
         langs, args.out, minutes_per_lang=args.minutes_per_lang, utterances_per_lang=args.utterances_per_lang,
         test_utterances=args.test_utterances, dev_utterances=args.dev_utterances,
         words=(args.min_words, args.max_words), low_resource=_langs(args.low_resource), low_factor=args.low_factor,
-        seed=args.seed, workers=args.workers,
+        seed=args.seed, workers=args.workers, replace=args.force,
     )
     elapsed = time.perf_counter() - start
     _print_manifests(paths)
@@ -149,6 +149,9 @@ def register(sub, name: str, help_text: str) -> None:
     q.add_argument("--low-factor", type=float, default=5)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--workers", type=int, default=2)
+    q.add_argument("--force", action="store_true",
+                   help="--out holds a corpus made with other settings: replace it (only the files its synth.json "
+                        "lists go)")
     q.set_defaults(handler=cmd_synth)
 
     q = dsub.add_parser("info", help="utterances and hours per language, bad rows")

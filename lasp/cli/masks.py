@@ -31,7 +31,12 @@ def masks_info(args: argparse.Namespace) -> int:
     print(f"mask set {args.mask_dir}: base model {meta.get('base_model')}, scorer {meta.get('scorer')}, "
           f"scope {meta.get('scope')}, pattern {meta.get('pattern')}")
     print(masks.summary())
-    print("\nwhat made each language (files verified against their recorded sha256)")
+    checked = masks.metadata.get("verified_languages") or []
+    unchecked = [l for l in masks.languages if l not in checked]
+    verdict = ("files verified against their recorded sha256" if not unchecked else
+               f"no sha256 recorded for {', '.join(unchecked)} (written by an earlier lasp): those files are "
+               "not verified, only read")
+    print(f"\nwhat made each language ({verdict})")
     for lang, rec in masks.records().items():
         print(f"  {lang:>8}  {rec.get('method')}/{rec.get('scorer')} sparsity {rec.get('sparsity')} "
               f"{rec.get('pattern')} {rec.get('scope')}  data {rec.get('data')}  base {rec.get('base_model')}")

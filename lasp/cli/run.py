@@ -27,9 +27,7 @@ def run_command(args: argparse.Namespace) -> int:
         return print_explain()
     cfg = _load(args)
     _check_outputs(cfg)
-    if args.fresh:
-        runner.clean(cfg)
-    runner.run(cfg)
+    runner.run(cfg, fresh=args.fresh)
     return 0
 
 
@@ -51,7 +49,9 @@ def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     _add_common(p)
     if name == "run":
-        p.add_argument("--fresh", action="store_true", help="delete the previous run's output_dir first")
+        p.add_argument("--fresh", action="store_true",
+                       help="start over: first remove what an earlier `lasp run` made in output_dir (its "
+                            "lasp_run.json lists it); the corpus and anything else there stay")
         p.set_defaults(handler=run_command, resumable=True)  # finished stages are skipped on a rerun
     else:
         p.set_defaults(handler=report_command)

@@ -54,6 +54,8 @@ def _check_stage(sc: StageConfig, stage: str) -> None:
     for key in ("log_every", "ckpt_every", "keep_checkpoints", "grad_accum_steps"):
         if getattr(sc, key) < 1:
             raise ConfigError(f"key '{stage}.{key}' must be >= 1")
+    if not 0 <= sc.max_nonfinite <= 1:
+        raise ConfigError(f"key '{stage}.max_nonfinite' must be a share of the steps in [0, 1], got {sc.max_nonfinite}")
     o = sc.optim
     if o.lr <= 0:
         raise ConfigError(f"key '{stage}.optim.lr' must be > 0")

@@ -38,6 +38,10 @@ from lasp.errors import ConfigError
 from lasp.io import atomic_write
 
 
+# a recipe names its data; a file far larger than any recipe would take minutes and gigabytes to parse
+MAX_RECIPE_BYTES = 1 << 20
+
+
 class RecipeLoader(yaml.SafeLoader):
     """``yaml.safe_load`` without YAML 1.1's base-60 numbers: ``2:4`` (an N:M pattern) stays the string "2:4".
 
@@ -251,6 +255,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"recipe not found: {p}")
+        size = p.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"{p}: {size / 2**20:.1f} MiB is not a recipe (recipes are a few KiB; at most "
+                              f"{MAX_RECIPE_BYTES // 2**20} MiB are read): is it the right file?")
         try:
             loaded = yaml_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:

@@ -92,7 +92,11 @@ class StageConfig:
     resume: bool = field(default=True, metadata={
         "help": "continue from the newest checkpoint in run_dir when there is one"})
     resume_allow: list[str] = field(default_factory=list, metadata={
-        "help": "keys that may differ from the recipe the run started with when resuming, e.g. [max_steps]"})
+        "help": "keys that may differ from the recipe the run started with when resuming, e.g. [max_steps] or "
+                "[finetune.optim.lr]; an allowed change takes effect from the first resumed step"})
+    max_nonfinite: float = field(default=0.1, metadata={
+        "help": "stop with an error (nothing exported) when the loss was not finite in more than this share "
+                "of the steps so far: the run diverged (judged from step 20 on, and at the end); 1 never stops"})
 
 
 @dataclass

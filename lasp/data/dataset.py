@@ -1,13 +1,14 @@
 """SpeechDataset: manifest rows -> model-ready items, with every bad row reported by manifest line and path.
 
-Rows are validated up front as far as that is cheap (file exists, duration within limits, transcript non-empty
-and spellable with the vocabulary, language known). The audio header is opened only for a row whose manifest
-gives no duration (or with ``probe_audio=True``): at Common Voice scale every stage and rank would otherwise open
-hundreds of thousands of files before the first step. What only decoding reveals (a corrupt or truncated file,
-NaN samples, silence) is caught in ``__getitem__``: with ``on_bad="error"`` it raises a DataError naming the row;
-with ``on_bad="skip"`` the item comes back as ``{"skipped": BadRow}``, which the collators drop from the batch and
-hand on under ``batch["skipped"]`` (so a skip inside a DataLoader worker reaches the training process, which counts
-it in the run's summary), and it is logged with its row. Nothing is ever silently used or silently lost.
+Rows are validated up front as far as that is cheap (file exists, duration within limits, transcript non-empty,
+spellable with the vocabulary and no longer than its audio can hold, language known). The audio header is opened
+only for a row whose manifest gives no duration (or with ``probe_audio=True``): at Common Voice scale every stage
+and rank would otherwise open hundreds of thousands of files before the first step. What only decoding reveals (a
+corrupt or truncated file, NaN samples, silence) is caught in ``__getitem__``: with ``on_bad="error"`` it raises a
+DataError naming the row; with ``on_bad="skip"`` the item comes back as ``{"skipped": BadRow}``, which the
+collators drop from the batch and hand on under ``batch["skipped"]`` (so a skip inside a DataLoader worker reaches
+the training process, which counts it in the run's summary), and it is logged with its row. Nothing is ever
+silently used or silently lost.
 """
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ REASONS = {
     "empty_text": "empty transcript",
     "unknown_chars": "characters outside the vocabulary",
     "unknown_language": "unknown language code",
+    "text_too_long": "transcript longer than its audio can hold",
 }
+# wav2vec2's encoder emits one frame per 20 ms (a 320-sample stride at 16 kHz), and CTC emits at most one
+# character per frame: a transcript with more characters than its audio has frames cannot be learned or scored
+CTC_FRAMES_PER_SECOND = 50
 
 
 @dataclass
@@ -99,6 +104,7 @@ class SpeechDataset:
         sample_rate: int = SAMPLE_RATE,
         probe_audio: bool = False,
         check: bool = True,
+        cap_text: bool = True,
     ):
         if on_bad not in ("skip", "error"):
             raise ConfigError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
@@ -112,6 +118,7 @@ class SpeechDataset:
         self.normalize = normalize
         self.sample_rate = sample_rate
         self.probe_audio = probe_audio
+        self.cap_text = cap_text  # evaluation scores a transcript too long for its audio (badly) rather than skip it
         self.all_utterances = list(utterances)
         self.utterances = list(self.all_utterances)
         self._report = DataReport(total=len(self.all_utterances))
@@ -167,6 +174,9 @@ class SpeechDataset:
             return "too_long", f"{utt.duration:.2f} s is longer than max_seconds={self.max_seconds:g}"
         if self.min_seconds is not None and utt.duration < self.min_seconds:
             return "too_short", f"{utt.duration:.3f} s is shorter than min_seconds={self.min_seconds:g}"
+        if self.cap_text and len(text) > utt.duration * CTC_FRAMES_PER_SECOND:
+            return "text_too_long", (f"a transcript of {len(text)} characters for {utt.duration:.2f} s of audio (at "
+                                     f"most {int(utt.duration * CTC_FRAMES_PER_SECOND)}: one per 20 ms frame)")
         return None
 
     def _decode(self, utt: Utterance) -> np.ndarray:

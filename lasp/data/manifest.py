@@ -50,8 +50,9 @@ class Utterance:
 def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """Read a JSONL manifest; audio paths are resolved against the manifest's folder.
 
-    Blank lines are ignored. Malformed JSON, a missing key or a wrongly typed value raises DataError naming the
-    file and line.
+    Blank lines are ignored. Malformed JSON, a missing key, a wrongly typed value, an ``id`` given twice and two
+    spellings of one language code that differ only in case (``ES`` next to ``es``: one language, two mask files
+    that collide on a case-insensitive file system) raise DataError naming the file and line.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -67,7 +68,23 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{row}: malformed JSON ({err.msg} at column {err.colno})") from None
         utts.append(_parse_row(obj, path, row, base))
+    _check_unique(utts, path)
     return utts
+
+
+def _check_unique(utts: list[Utterance], path: str) -> None:
+    ids: dict[str, int] = {}
+    langs: dict[str, tuple[str, int]] = {}
+    for utt in utts:
+        if utt.id is not None:
+            if utt.id in ids:
+                raise DataError(f"{path}:{utt.row}: id {utt.id!r} was already given at line {ids[utt.id]}; every "
+                                "utterance needs its own id (a repeated row would be trained on or scored twice)")
+            ids[utt.id] = utt.row
+        spelled, row = langs.setdefault(utt.lang.lower(), (utt.lang, utt.row))
+        if spelled != utt.lang:
+            raise DataError(f"{path}:{utt.row}: language code {utt.lang!r} differs from {spelled!r} (line {row}) "
+                            "only in case; spell each language one way")
 
 
 def _parse_row(obj: object, path: str, row: int, base: str) -> Utterance:
@@ -83,8 +100,9 @@ def _parse_row(obj: object, path: str, row: int, base: str) -> Utterance:
     check_language_code(obj["lang"], f"{where}: 'lang'")
     duration = obj.get("duration")
     if duration is not None:
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
-            raise DataError(f"{where}: 'duration' must be a number of seconds, got {duration!r}")
+        if (isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration)
+                or duration < 0):
+            raise DataError(f"{where}: 'duration' must be a number of seconds >= 0, got {duration!r}")
         duration = float(duration)
     audio = obj["audio"]
     if not os.path.isabs(audio):

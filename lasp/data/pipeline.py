@@ -7,6 +7,7 @@ resampling and collating run in ``data.num_workers`` worker processes, ``data.pr
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -67,14 +68,30 @@ def make_sampler(data: DataConfig, dataset, seed: int, rank: int = 0, world_size
 
 def make_loader(dataset, batches: Iterable[list[int]], collator, *, num_workers: int = 0, prefetch_factor: int = 2,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` taking its index batches from ``batches`` (a sampler or a list)."""
+    """A DataLoader over ``dataset`` taking its index batches from ``batches`` (a sampler or a list).
+
+    It draws nothing from the process's RNGs: a DataLoader seeds its workers from a generator each time an
+    iterator starts, and drawing that seed from torch's global RNG would shift every random number training
+    draws after it; a resumed run starts its iterator at another step than the run it continues. What is
+    random in a batch (pre-training's masked spans and negatives) is seeded by the batch's items instead
+    (:mod:`lasp.data.collate`). Workers ignore Ctrl-C and SIGTERM: the training process stops them after
+    finishing its step (:mod:`lasp.train.stops`).
+    """
     if num_workers < 0:
         raise ConfigError(f"key 'data.num_workers' must be >= 0, got {num_workers}")
     if prefetch_factor < 1:
         raise ConfigError(f"key 'data.prefetch_factor' must be >= 1, got {prefetch_factor}")
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collator, num_workers=num_workers, pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None)
+        prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # a terminal's Ctrl-C reaches the whole process group: a worker that died of it would fail the step the
+    # training process is finishing before it stops
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def recipe_loader(data: DataConfig, dataset, batches, collator, device: torch.device | str = "cpu"):

@@ -29,6 +29,7 @@ from lasp.data.manifest import Utterance, split_manifests, write_manifest
 from lasp.data.text import normalize_text
 from lasp.errors import ConfigError, DataError
 from lasp.io import atomic_write_json
+from lasp.locks import locked
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "synth.json"
@@ -168,13 +169,17 @@ def synthesize_corpus(
     low_factor: float = 5,
     seed: int = 0,
     workers: int = 2,
+    replace: bool = False,
 ) -> dict[str, str]:
     """Write ``audio/<lang>/*.flac`` and ``{train,dev,test}.jsonl`` under ``out_dir``; returns split -> manifest.
 
     The train split holds ``minutes_per_lang`` minutes (cut at the first utterance that reaches it) or
     ``utterances_per_lang`` utterances per language (default 300), divided by ``low_factor`` for the languages in
     ``low_resource``; dev and test hold fixed counts for every language. Idempotent: if ``out_dir`` already holds a
-    corpus made with the same settings, its manifests are returned without synthesizing anything.
+    corpus made with the same settings, its manifests are returned without synthesizing anything, and a
+    synthesis that was stopped part-way is completed. A corpus made with other settings is data someone may be
+    reading: it is refused unless ``replace`` (then the files its ``synth.json`` lists go, nothing else).
+    One process at a time synthesizes into a folder (a lock in it).
     """
     langs = list(dict.fromkeys(langs))
     low_resource = sorted(set(low_resource))
@@ -196,25 +201,50 @@ def synthesize_corpus(
         raise ConfigError(f"synthesize_corpus: low-resource language(s) {', '.join(unknown_low)} not in --langs")
 
     out_dir = os.fspath(out_dir)
-    settings = {
-        "format": FORMAT_VERSION, "langs": langs, "minutes_per_lang": minutes_per_lang,
+    settings = synth_settings(langs, minutes_per_lang=minutes_per_lang, utterances_per_lang=utterances_per_lang,
+                              test_utterances=test_utterances, dev_utterances=dev_utterances, words=words,
+                              low_resource=low_resource, low_factor=low_factor, seed=seed)
+    with locked(out_dir, "corpus"):
+        return _synthesize(out_dir, settings, replace, workers)
+
+
+def synth_settings(langs: Sequence[str], *, minutes_per_lang: float | None = None,
+                   utterances_per_lang: int | None = None, test_utterances: int = 40, dev_utterances: int = 20,
+                   words: tuple[int, int] = (3, 7), low_resource: Iterable[str] = (), low_factor: float = 5,
+                   seed: int = 0) -> dict:
+    """The settings a corpus is made with, as ``synth.json`` records them (what decides whether one matches)."""
+    if minutes_per_lang is None and utterances_per_lang is None:
+        utterances_per_lang = 300
+    return {
+        "format": FORMAT_VERSION, "langs": list(dict.fromkeys(langs)), "minutes_per_lang": minutes_per_lang,
         "utterances_per_lang": utterances_per_lang, "test_utterances": test_utterances,
-        "dev_utterances": dev_utterances, "words": list(words), "low_resource": low_resource,
+        "dev_utterances": dev_utterances, "words": list(words), "low_resource": sorted(set(low_resource)),
         "low_factor": low_factor, "seed": seed,
     }
+
+
+def _synthesize(out_dir: str, settings: dict, replace: bool, workers: int) -> dict[str, str]:
+    langs, seed, words = settings["langs"], settings["seed"], tuple(settings["words"])
+    minutes_per_lang, utterances_per_lang = settings["minutes_per_lang"], settings["utterances_per_lang"]
+    dev_utterances, test_utterances = settings["dev_utterances"], settings["test_utterances"]
+    low_resource, low_factor = settings["low_resource"], settings["low_factor"]
     existing = split_manifests(out_dir)
-    record = _read_record(out_dir)
+    record = read_synth_record(out_dir)
     if record is not None and record["complete"] and record["settings"] == settings and len(existing) == 3:
         return existing
     if record is None and existing:
         raise DataError(f"{out_dir} holds manifests ({', '.join(existing)}) that lasp data synth did not make "
                         f"(no {SETTINGS_FILE}); choose another --out")
+    if record is not None and record["settings"] != settings and not replace:
+        state = "a corpus" if record["complete"] else "an unfinished corpus"
+        raise DataError(f"{out_dir} holds {state} lasp data synth made with other settings "
+                        f"({describe_settings(record['settings'], settings)}), which other runs may be reading; "
+                        "choose another --out, or replace it with --force")
     # an older corpus of ours with other settings: remove the files it made (recorded), nothing else
-    for rel in (record or {}).get("files", []):
+    for rel in [*(record or {}).get("files", []), *(f"{s}.jsonl" for s in existing if record is not None)]:
         path = os.path.join(out_dir, rel)
         if os.path.isfile(path):
             os.remove(path)
-    os.makedirs(out_dir, exist_ok=True)
     made: list[str] = []
 
     def claim(specs_: list[dict]) -> None:
@@ -289,8 +319,15 @@ def synthesize_corpus(
     return paths
 
 
-def _read_record(out_dir: str) -> dict | None:
+def describe_settings(recorded: dict, wanted: dict) -> str:
+    """``utterances_per_lang 24, asked 25; ...``: how the settings of two corpora differ."""
+    keys = [k for k in wanted if recorded.get(k) != wanted.get(k)]
+    return "; ".join(f"{k} {recorded.get(k)!r}, asked {wanted.get(k)!r}" for k in keys) or "none"
+
+
+def read_synth_record(out_dir: str | os.PathLike) -> dict | None:
     """``synth.json``: the settings and the files a synthesis made (None when there is none)."""
+    out_dir = os.fspath(out_dir)
     path = os.path.join(out_dir, SETTINGS_FILE)
     if not os.path.isfile(path):
         return None

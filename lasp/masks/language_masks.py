@@ -224,7 +224,7 @@ class LanguageMasks:
         records = self.records()
         meta = {k: v for k, v in self.metadata.items()
                 if k not in ("format", "format_version", "lasp_version", "provenance", "checksums", "kept",
-                             "available_languages")}
+                             "available_languages", "verified_languages")}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -293,6 +293,8 @@ class LanguageMasks:
         metadata["provenance"] = {lang: (config.get("provenance") or {}).get(lang) or legacy_record(config, lang)
                                   for lang in known}
         metadata["available_languages"] = list(known)
+        # sets written before checksums were recorded are read, not verified
+        metadata["verified_languages"] = [l for l in wanted if (config.get("checksums") or {}).get(l)]
         masks = cls({}, shapes, metadata)
         for lang in wanted:
             path = os.path.join(directory, mask_file_name(lang))

@@ -100,7 +100,10 @@ def legacy_record(config: Mapping, lang: str) -> dict:
 
 
 def expected_record(masks_cfg, data_path: str | None, init: str | None, model=None) -> dict:
-    """What the recipe's ``masks`` section (and its data / starting model) would make."""
+    """What the recipe's ``masks`` section (and its data / starting model) would make.
+
+    ``model``: the starting model, given when the set must have been searched on exactly its weights (their
+    hashes are then compared); None when the stage starts from a model trained from the set's base model."""
     rec: dict[str, Any] = {"method": masks_cfg.method, "pattern": masks_cfg.pattern, "scope": masks_cfg.scope,
                            "targets": list(masks_cfg.targets) if masks_cfg.targets else "default"}
     if masks_cfg.method == "oneshot":
@@ -112,6 +115,7 @@ def expected_record(masks_cfg, data_path: str | None, init: str | None, model=No
     rec["base_model"] = os.path.abspath(init) if init and os.path.isdir(init) else init
     if model is not None:
         rec["base_model_targets_sha256"] = targeted_weights_sha256(model, masks_cfg.targets)
+        rec["base_model_sha256"] = model_fingerprint(init)
     return rec
 
 
@@ -124,9 +128,9 @@ def _same(key: str, recorded: Any, wanted: Any) -> bool:
 def compare_records(recorded: Mapping, wanted: Mapping) -> list[str]:
     """Keys on which a mask record disagrees with what the recipe asks for.
 
-    The data manifest is compared by content (a moved corpus is the same data). The base model is compared
-    only when the set was searched on the very model this stage starts from: masks searched on a base model
-    and carried into a later stage (whose starting weights were trained further) are meant to differ there.
+    The data manifest is compared by content (a moved corpus is the same data). The base model is compared by
+    its weights whenever the recipe's side carries their hashes (see :func:`expected_record`): a copy of the
+    folder is the same base model, other weights under any name are not.
     """
     bad = []
     for key in ("method", "scorer", "sparsity", "pattern", "scope", "targets"):
@@ -136,15 +140,10 @@ def compare_records(recorded: Mapping, wanted: Mapping) -> list[str]:
     if recorded.get("data_sha256") and wanted.get("data_sha256"):
         if recorded["data_sha256"] != wanted["data_sha256"]:
             bad.append("data")
-    if (recorded.get("base_model_sha256") and recorded.get("base_model") == wanted.get("base_model")
-            and wanted.get("base_model")):
-        now = model_fingerprint(wanted["base_model"])
-        if now and now != recorded["base_model_sha256"]:
+    for key in ("base_model_targets_sha256", "base_model_sha256"):
+        if recorded.get(key) and wanted.get(key) and recorded[key] != wanted[key]:
             bad.append("base_model")
-    if ("base_model" not in bad and recorded.get("base_model_targets_sha256")
-            and wanted.get("base_model_targets_sha256") and recorded.get("base_model") == wanted.get("base_model")
-            and recorded["base_model_targets_sha256"] != wanted["base_model_targets_sha256"]):
-        bad.append("base_model")
+            break
     return bad
 
 

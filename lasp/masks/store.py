@@ -109,18 +109,26 @@ def _read_config(directory: str) -> dict:
     if not os.path.isfile(path):
         raise MaskError(f"{directory} is not a mask set: {CONFIG_NAME} is missing")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             config = json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:
         raise MaskError(f"{path}: cannot read mask config: {err}") from None
+    if not isinstance(config, dict):
+        raise MaskError(f"{path}: not a lasp mask config (a JSON object), got a JSON {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise MaskError(f"{path}: not a lasp mask config (format={config.get('format')!r})")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise MaskError(f"{path}: format version {config['format_version']} is newer than this lasp "
-                        f"understands ({FORMAT_VERSION}); upgrade lasp")
-    for key in ("languages", "parameters"):
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MaskError(f"{path}: 'format_version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise MaskError(f"{path}: format version {version} is newer than this lasp understands ({FORMAT_VERSION}); "
+                        "upgrade lasp")
+    for key, kind in (("languages", list), ("parameters", dict)):
         if key not in config:
             raise MaskError(f"{path}: missing key {key!r}")
+        if not isinstance(config[key], kind) or (kind is list and not all(isinstance(x, str) for x in config[key])):
+            what = "a list of language codes" if kind is list else "a mapping of parameter name to shape"
+            raise MaskError(f"{path}: key {key!r} must be {what}, got {config[key]!r:.80}")
     return config
 
 

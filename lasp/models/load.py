@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import Wav2Vec2Config
 
 from lasp.errors import ConfigError
@@ -97,7 +98,7 @@ def preset_config(name: str, **overrides: Any) -> Wav2Vec2Config:
 def _model_class(model_type: str, head: str, where: str):
     if head not in HEADS:
         raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    if model_type not in _FAMILIES:
+    if not isinstance(model_type, str) or model_type not in _FAMILIES:
         raise ConfigError(
             f"{where}: model_type {model_type!r} is not a wav2vec2-family model "
             f"(supported: {', '.join(_FAMILIES)})"
@@ -112,10 +113,24 @@ def is_preset(name_or_path: str) -> bool:
     return name_or_path in PRESETS and not os.path.isdir(name_or_path)
 
 
+def read_model_config(name_or_path: str) -> dict:
+    """A checkpoint folder's config.json, which must describe a wav2vec2-family model (else one line naming
+    the file and what it holds)."""
+    path = os.path.join(model_dir(name_or_path), "config.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a readable model config ({type(err).__name__}: {err})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a model config is a JSON object, got a JSON {type(config).__name__}")
+    _model_class(config.get("model_type"), "base", path)  # a speech model of a family lasp knows
+    return config
+
+
 def checkpoint_heads(name_or_path: str) -> list[str]:
     """The heads a checkpoint directory was saved with (from ``architectures`` in its config.json)."""
-    with open(os.path.join(model_dir(name_or_path), "config.json"), encoding="utf-8") as fh:
-        config = json.load(fh)
+    config = read_model_config(name_or_path)
     family = _FAMILIES.get(config.get("model_type"), ())
     archs = config.get("architectures") or []
     return [head for head, cls in zip(HEADS, family) if cls in archs]
@@ -159,6 +174,7 @@ def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bo
     config_path = os.path.join(name_or_path, "config.json")
     if not os.path.isfile(config_path):
         raise ConfigError(f"{name_or_path}: no config.json; not a Hugging Face checkpoint directory")
+    read_model_config(name_or_path)  # a malformed or foreign config.json is one line, not a traceback
     config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     cls = _model_class(config.model_type, head, name_or_path)
     if require_head:
@@ -181,6 +197,11 @@ def _from_pretrained(cls, path: str, **kwargs):
     transformers.logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(path, output_loading_info=True, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, OverflowError, MemoryError, SafetensorError) as err:
+        # a truncated, corrupt or crafted weights file: transformers and safetensors raise many types for it
+        files = ", ".join(w for w in WEIGHT_FILES if os.path.isfile(os.path.join(path, w))) or "its weights"
+        raise ConfigError(f"{path}: cannot load {files} ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+                          ) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from lasp.errors import ConfigError
-from lasp.io import atomic_write_json
+from lasp.io import atomic_write_json, ordinary_modes
 from lasp.masked.confine import ConfinedOptimizer
 from lasp.masked.model import MaskedModel
 from lasp.masks.language_masks import LanguageMasks
@@ -111,6 +111,7 @@ class System:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / SHARED_SUBDIR)  # masks are non-persistent buffers: not saved here
+        ordinary_modes(directory / SHARED_SUBDIR)
         marker = {"system": self.name, "layout": LAYOUT_VERSION, "model": SHARED_SUBDIR}
         if isinstance(self.wrapper, MaskedModel):
             self.wrapper.masks.subset(self.wrapper.languages).save(directory / MASKS_SUBDIR)

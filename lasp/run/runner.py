@@ -17,7 +17,6 @@ checkpoint, so rerunning the same command continues an interrupted run.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -27,7 +26,9 @@ from lasp.config.recipe import load_recipe, save_recipe
 from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.errors import ConfigError
 from lasp.io import atomic_write_json
-from lasp.run.inputs import base_is_checkpoint, corpus_kind, corpus_manifests, make_corpus
+from lasp.locks import locked
+from lasp.run.inputs import base_is_checkpoint, check_corpus, corpus_kind, corpus_manifests, make_corpus
+from lasp.run.outputs import RunOutputs
 from lasp.run.report import seeds_report, write_report
 from lasp.run.schedule import Job, run_jobs
 from lasp.run.seeds import seed_configs, summarize
@@ -171,20 +172,27 @@ def _override_value(value) -> str:
     return "null" if value is None else str(value)
 
 
-def prepare(cfg: RecipeConfig, settings: RunConfig) -> tuple[RecipeConfig, list[Job]]:
-    """One seed's corpus, its recipes (recipe.yaml, stages.yaml, stages-<variant>.yaml) and its stage graph."""
+def prepare(cfg: RecipeConfig, settings: RunConfig, outputs: RunOutputs) -> tuple[RecipeConfig, list[Job]]:
+    """One seed's corpus, its recipes (recipe.yaml, stages.yaml, stages-<variant>.yaml) and its stage graph;
+    what it will write in output_dir is listed in ``outputs`` first."""
     out = Path(cfg.output_dir)
+    outputs.claim([out])  # a seed's own folder
     manifests = make_corpus(cfg, settings)  # first: a refused corpus leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
     kind = corpus_kind(settings.corpus)
-    what = "lasp synthetic corpus" if kind == "synthetic" else "your manifests, read only"
+    what = "lasp synthetic corpus, read only" if kind == "synthetic" else "your manifests, read only"
     base = cfg.model.name if base_is_checkpoint(cfg) else f"pre-trained here from the {cfg.model.name} preset"
     print(f"corpus: {settings.corpus} ({what}); base model: {base}", flush=True)
     stage_cfg = stage_config(cfg, settings, manifests)
+    jobs = plan_jobs(stage_cfg, settings, out / "stages.yaml")
+    outputs.claim([out / "stages.yaml", out / "recipe.yaml", out / "logs", out / "stage_times.json",
+                   out / "overlap", settings.report, *(variant_recipe(out / "stages.yaml", v)
+                                                      for v in settings.variants),
+                   *(job.run_dir or job.done_marker.parent for job in jobs)])
+    out.mkdir(parents=True, exist_ok=True)
     stage_recipe = save_recipe(stage_cfg, out / "stages.yaml")
     save_recipe(cfg, out / "recipe.yaml")
     write_variant_recipes(stage_cfg, stage_recipe, settings.variants)
-    return stage_cfg, plan_jobs(stage_cfg, settings, stage_recipe)
+    return stage_cfg, jobs
 
 
 def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, str]) -> RecipeConfig:
@@ -219,22 +227,44 @@ def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
     return [replace(j, name=f"{prefix}/{j.name}", deps=[f"{prefix}/{d}" for d in j.deps]) for j in jobs]
 
 
-def run(cfg: RecipeConfig, progress: bool = True) -> Path:
-    """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path."""
+def run(cfg: RecipeConfig, progress: bool = True, fresh: bool = False) -> Path:
+    """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path.
+
+    One `lasp run` at a time per output_dir (a lock in it, taken before anything is read or written there).
+    Every corpus is checked before anything is written; ``fresh`` then removes what an earlier `lasp run` made
+    in output_dir (:mod:`lasp.run.outputs`), and only that.
+    """
     settings = run_settings(cfg)
     if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
         raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
     t0 = time.monotonic()
     out = Path(cfg.output_dir)
-    runs = seed_configs(cfg, settings)
+    with locked(out, "output_dir"):
+        runs = seed_configs(cfg, settings)
+        for seed_cfg in runs:
+            check_corpus(seed_cfg, seed_cfg.run)
+        outputs = RunOutputs(out, corpus=[settings.corpus])
+        if fresh:
+            outputs.remove()
+        before = outputs.snapshot()
+        try:
+            return _run(cfg, settings, runs, outputs, progress, t0)
+        finally:
+            outputs.claim_new(before)
+
+
+def _run(cfg: RecipeConfig, settings: RunConfig, runs: list[RecipeConfig], outputs: RunOutputs, progress: bool,
+         t0: float) -> Path:
+    out = Path(cfg.output_dir)
     multi = len(runs) > 1
     print(f"lasp run: {len(settings.languages)} languages, systems {', '.join(settings.systems)}"
           + (f", {len(settings.variants)} variants" if settings.variants else "")
           + (f", seeds {', '.join(str(c.seed) for c in runs)}" if multi else "") + f", output {out}", flush=True)
     prepared = []
     for seed_cfg in runs:
-        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.run)
+        stage_cfg, jobs = prepare(seed_cfg, seed_cfg.run, outputs)
         prepared.append((seed_cfg, stage_cfg, _prefixed(jobs, f"seed-{seed_cfg.seed}") if multi else jobs))
+    outputs.claim([out / "logs"])
     walls = run_jobs(_one_schedule([j for *_, jobs in prepared for j in jobs]), settings.parallel, out / "logs",
                      progress=progress)
     for seed_cfg, stage_cfg, _ in prepared:
@@ -278,18 +308,3 @@ def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update({k: round(v, 1) for k, v in walls.items()})
     return old
-
-
-def clean(cfg: RecipeConfig) -> None:
-    """Remove everything a previous `lasp run` wrote under output_dir (its synthetic corpus too if it lives there).
-
-    A user's corpus inside output_dir is not lasp's to delete: that is an error, and nothing is removed.
-    """
-    out = Path(cfg.output_dir).resolve()
-    settings = cfg.run
-    if settings is not None:
-        corpus = Path(settings.corpus).resolve()
-        if corpus.is_relative_to(out) and corpus_kind(corpus) == "user":
-            raise ConfigError(f"--fresh would delete {settings.corpus}, a corpus lasp did not make, inside "
-                              f"output_dir {cfg.output_dir}; move it out or delete the run by hand")
-    shutil.rmtree(cfg.output_dir, ignore_errors=True)

@@ -107,6 +107,20 @@ def run_jobs(jobs: list[Job], parallel: int, log_dir: Path, progress: bool = Tru
             elif pending and not any(all(d in finished for d in j.deps) for j in pending):
                 raise LaspError(f"stages {', '.join(j.name for j in pending)} wait for stages that never ran")
     finally:
-        for job in running:
-            job.proc.terminate()
+        _stop(running)
     return walls
+
+
+def _stop(running: list[Job]) -> None:
+    """Stop the stages still running (this run failed or was stopped) and wait for them: each saves a checkpoint
+    at its next step boundary before it exits; asked again (a second Ctrl-C), they are killed."""
+    try:
+        for job in running:
+            if job.proc.poll() is None:
+                job.proc.terminate()
+        for job in running:
+            job.proc.wait()
+    except KeyboardInterrupt:
+        for job in running:
+            job.proc.kill()
+        raise

@@ -33,7 +33,8 @@ def seed_configs(cfg: RecipeConfig, settings: RunConfig) -> list[RecipeConfig]:
         raise ConfigError(f"masks.dir: {cfg.masks.dir} is outside output_dir {cfg.output_dir}; with several "
                           "run.seeds every seed searches its own masks in <output_dir>/seed-<s> (set masks.dir "
                           "inside output_dir, or null)")
-    shared_corpus = corpus_kind(settings.corpus) == "user"   # the user's corpus: every seed reads it as it is
+    # a corpus that exists (whoever made it) is read as it is by every seed; else each seed synthesizes its own
+    shared_corpus = corpus_kind(settings.corpus) != "empty"
     configs = []
     for seed in settings.seeds:
         sdir = out / f"seed-{seed}"

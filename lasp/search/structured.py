@@ -31,7 +31,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from lasp.errors import ConfigError, MaskError
-from lasp.io import atomic_write_json
+from lasp.io import atomic_write_json, ordinary_modes
 from lasp.masks.language_masks import LanguageMasks
 from lasp.models.load import encoder_layers
 
@@ -300,6 +300,7 @@ def structure_of(model: nn.Module) -> list[dict[str, int]]:
 def save_structured_model(model: nn.Module, directory: str | os.PathLike) -> str:
     """Save an exported model: the HF checkpoint plus the per-layer head/neuron counts it needs to rebuild."""
     model.save_pretrained(directory)
+    ordinary_modes(directory)
     path = os.path.join(directory, EXPORT_FILE)
     atomic_write_json(path, {"format_version": FORMAT_VERSION, "layers": structure_of(model)}, indent=1)
     return str(directory)

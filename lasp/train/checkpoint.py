@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from lasp.errors import ConfigError
 from lasp.io import TMP_PREFIX, atomic_dir, atomic_write, fsync_dir, fsync_file, sha256_file
 
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step-\d{8}")
 CHECKSUMS = "checksums.json"
 _FILES = ("model.safetensors", "state.pt")
 
@@ -55,6 +57,13 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every RNG :func:`rng_state` saves."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CUDA generators too
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
@@ -68,14 +77,30 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    root = checkpoint_dir(run_dir)
+def _pointed(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or None without one. It must name a checkpoint of this run: a name
+    like ``step-00000040`` in the same folder, nothing that leads elsewhere (another run's weights)."""
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{pointer}: unreadable ({err}); delete it to resume from the newest checkpoint") from None
     path = root / name
+    if not _STEP_NAME.fullmatch(name) or path.is_symlink():
+        raise CheckpointError(f"{pointer} names {name[:200]!r}, which is not a checkpoint of this run (step-NNNNNNNN "
+                              f"in {root}); delete {pointer} to resume from the newest checkpoint there")
+    return path
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = checkpoint_dir(run_dir)
+    path = _pointed(root)
+    if path is None:
+        return None
+    name, pointer = path.name, root / LATEST
     if not (path / "model.safetensors").is_file() or not (path / "state.pt").is_file():
         raise ConfigError(f"{pointer} names {name!r}, which is not a complete checkpoint")
     return path
@@ -154,11 +179,11 @@ def load_resumable(run_dir: str | Path) -> tuple[Path | None, dict, dict, list[t
     if not root.is_dir():
         return None, {}, {}, []
     candidates: list[Path] = []
-    pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8").strip()
-        candidates.append(root / name)
-    candidates += sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    pointed = _pointed(root)
+    if pointed is not None:
+        candidates.append(pointed)
+    candidates += sorted((p for p in root.glob("step-*") if p.is_dir() and not p.is_symlink()
+                          and _STEP_NAME.fullmatch(p.name)), reverse=True)
     skipped: list[tuple[str, str]] = []
     seen = set()
     for path in candidates:

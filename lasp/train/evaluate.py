@@ -123,6 +123,17 @@ def decode_language(system, loader, vocab, lang: str, device: torch.device, dtyp
     return ids, refs, hyps, unreadable
 
 
+def check_unique_ids(utts) -> None:
+    """Results are kept per utterance id: two rows with one id (without an ``id`` field, ``<lang>/<audio file
+    name>``) would be scored as two utterances and written as one."""
+    seen: dict[str, int] = {}
+    for utt in utts:
+        if utt.uid in seen:
+            raise DataError(f"{utt.where}: utterance id {utt.uid!r} repeats line {seen[utt.uid]}; give every row its "
+                            "own audio file or 'id'")
+        seen[utt.uid] = utt.row
+
+
 def evaluate_system(system, dataset, vocab, *, out_dir: str | Path, normalize: bool, batch_size: int = 8,
                     languages: Sequence[str] | None = None, device: torch.device | str = "cpu",
                     unreadable: Sequence[dict] = (), num_workers: int = 0, precision: str = "fp32") -> dict:
@@ -184,8 +195,10 @@ def evaluate(cfg) -> dict:
     device = pick_device(cfg.device)
     system = System.from_pretrained(model_dir, head="ctc", device=device)
     utts = read_split(cfg.data, ev.split, ev.languages or None)
+    check_unique_ids(utts)
     # every row is scored: no vocabulary filter, no length cap; rows that cannot be read are reported
-    dataset = SpeechDataset(utts, vocab=None, on_bad=cfg.data.on_bad, max_seconds=None, min_seconds=None)
+    dataset = SpeechDataset(utts, vocab=None, on_bad=cfg.data.on_bad, max_seconds=None, min_seconds=None,
+                            cap_text=False)
     unreadable = [{**unreadable_entry(b.uid, b.audio, b.reason, b.message), "lang": b.lang}
                   for b in dataset.report().bad]
     out_dir = Path(ev.out_dir) if ev.out_dir else model_dir.parent / "eval"

@@ -22,7 +22,7 @@ from lasp.models.layout import is_model_dir
 from lasp.train import distributed as D
 from lasp.train.batches import LoaderStream, skipped_rows_summary
 from lasp.train.loop import Batch, train_loop
-from lasp.train.setup import export_final, resolve_masks, start_stage
+from lasp.train.setup import claim_run, export_final, resolve_masks, start_stage
 from lasp.models.system import System, build_system
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         elif progress:
             print(start)
 
+    claim_run(cfg, "finetune", run_dir, init, info)
     utts = read_split(cfg.data, "train")
     # rank 0 builds and saves the vocabulary; the others read it (concurrent writers could read a half-written file)
     vocab = load_vocab(cfg.data, utts, run_dir) if info.is_main else None
@@ -93,7 +94,7 @@ def finetune(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     if info.is_main and progress:
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=f, run_dir=run_dir, info=info,
-                        callbacks=callbacks, desc=f"finetune[{f.system}]", progress=progress)
+                        callbacks=callbacks, desc=f"finetune[{f.system}]", progress=progress, seed=cfg.seed)
     skipped_rows = skipped_rows_summary(checked_out, D.all_gather_object(stream.skipped_rows, info))
     final = run_dir / "final"
     if info.is_main:

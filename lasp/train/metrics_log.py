@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
-from lasp.io import writing
+from lasp.io import atomic_write, writing
 
 
 class MetricsLogger:
@@ -165,3 +165,23 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def trim_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop the records of steps after ``step`` (and a line a killed process left half-written): a run that
+    resumes from its checkpoint at ``step`` trains those steps again and logs them afresh."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        at = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(at, (int, float)) and at <= step:
+            kept.append(line + "\n")
+    if len(kept) != len(text.splitlines()) or (text and not text.endswith("\n")):
+        atomic_write(path, "".join(kept))

@@ -23,7 +23,7 @@ from lasp.train import distributed as D
 from lasp.train.batches import LoaderStream, skipped_rows_summary
 from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature
-from lasp.train.setup import export_final, resolve_masks, start_stage
+from lasp.train.setup import claim_run, export_final, resolve_masks, start_stage
 from lasp.models.system import System, build_system
 
 
@@ -33,6 +33,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     info = start_stage(cfg)
     run_dir = stage_run_dir(cfg, "pretrain")
     init = p.init or cfg.model.name
+    claim_run(cfg, "pretrain", run_dir, init, info)
     model = load_model(init, head="pretraining", **cfg.model.overrides)
     model.config.diversity_loss_weight = p.diversity_weight
     model.to(info.device)
@@ -86,7 +87,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=p, run_dir=run_dir, info=info,
                         on_step_start=on_step_start, callbacks=callbacks, desc=f"pretrain[{p.system}]",
-                        progress=progress)
+                        progress=progress, seed=cfg.seed)
     check_collapse()
     skipped_rows = skipped_rows_summary(checked_out, D.all_gather_object(stream.skipped_rows, info))
     final = run_dir / "final"

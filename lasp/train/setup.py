@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import shutil
@@ -11,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lasp.config.recipe import RecipeConfig, config_to_dict, save_recipe, stage_run_dir
+from lasp.config.recipe import RecipeConfig, config_to_dict, save_recipe
 from lasp.data.text import Vocabulary
 from lasp.device import apply_cpu_settings
 from lasp.errors import ConfigError
@@ -28,7 +29,8 @@ from lasp.search.checks import check_language_rows
 from lasp.search.methods import random_masks, random_masks_like, search_masks
 from lasp.train import distributed as D
 from lasp.train.checkpoint import checkpoint_dir
-from lasp.train.run_record import check_run_record, stage_recipe
+from lasp.train.run_record import (RECIPE_SECTIONS, check_run_record, check_stage_of_run, full_key, stage_recipe,
+                                   start_over)
 
 
 def start_stage(cfg: RecipeConfig) -> D.DistInfo:
@@ -45,38 +47,58 @@ def _is_mask_dir(path: str | Path | None) -> bool:
     return bool(path) and (Path(path) / CONFIG_NAME).is_file()
 
 
-def _stage_of(cfg: RecipeConfig, system: str, run_dir: Path) -> str:
-    """Which stage (pretrain / finetune) trains into ``run_dir`` with ``system``."""
-    found = [s for s in ("pretrain", "finetune")
-             if Path(stage_run_dir(cfg, s)).resolve() == Path(run_dir).resolve() and getattr(cfg, s).system == system]
-    if len(found) > 1:
-        raise ConfigError(f"pretrain.run_dir and finetune.run_dir are both {run_dir}; give each stage its own")
-    return found[0] if found else "pretrain" if cfg.pretrain.system == system else "finetune"
-
-
 def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.DistInfo) -> None:
     """Become the one writer of ``run_dir`` and check the recipe against the one the run started with.
 
     The lock stays until the process ends (the training loop and the final export run under it). Resuming a
-    run (it has checkpoints and ``resume`` is on) with changed recipe keys is an error listing them, except
-    the keys ``<stage>.resume_allow`` names. The recipe is recorded in ``<run_dir>/run.json``.
+    run (it has checkpoints and ``resume`` is on) with changed recipe keys or data is an error listing them,
+    except the keys ``<stage>.resume_allow`` names. ``resume=false`` starts the run over: what an earlier run
+    made in ``run_dir`` goes first, so that the two never mix. The recipe is recorded in ``<run_dir>/run.json``.
+    Call it before anything is written into ``run_dir``.
     """
     sc = getattr(cfg, stage)
     if info.is_main:
         acquire(run_dir, "run directory")
+        check_stage_of_run(run_dir, stage)
+        if not sc.resume:
+            start_over(run_dir, f"{stage}.resume=false", keep_masks=bool(cfg.masks.dir),
+                       keep_vocab=bool(cfg.data.vocab))
+    D.wait_for_main(info)
     ckpts = checkpoint_dir(run_dir)
     resuming = sc.resume and ckpts.is_dir() and any(ckpts.glob("step-*"))
     recipe = stage_recipe(config_to_dict(cfg), stage, sc.system, init)
-    check_run_record(run_dir, stage, recipe, sc.resume_allow, resuming, write=info.is_main)
+    allow = [full_key(a, stage, RECIPE_SECTIONS) for a in sc.resume_allow]
+    check_run_record(run_dir, stage, recipe, allow, resuming, write=info.is_main)
+
+
+def _model_name(model: str | None) -> str | None:
+    """A model as mask records name it: a folder by its absolute path, a preset by its name."""
+    return os.path.abspath(model) if model and os.path.isdir(model) else model
+
+
+def _in_lineage(ancestor: str | None, model: str | None, depth: int = 8) -> bool:
+    """Whether ``model`` is ``ancestor`` or was trained by lasp from it (each trained system's
+    train_summary.json names the model it started from)."""
+    ancestor = _model_name(ancestor)
+    for _ in range(depth):
+        if not model or not ancestor:
+            return False
+        if _model_name(model) == ancestor:
+            return True
+        summary = Path(model) / "train_summary.json"
+        try:
+            model = json.loads(summary.read_text(encoding="utf-8")).get("init") if summary.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
 
 
 def _guard_masks(fn):
-    """Around :func:`resolve_masks`: claim the run; check an existing mask set's provenance against the recipe;
+    """Around :func:`resolve_masks`: check an existing mask set's provenance against the recipe;
     before a search, refuse a folder of foreign mask files, check the rows per language, and lock the set."""
     @functools.wraps(fn)
     def wrapper(cfg, system, model, languages, run_dir, init, info, progress=True):
         run_dir = Path(run_dir)
-        claim_run(cfg, _stage_of(cfg, system, run_dir), run_dir, init, info)
         if system not in ("lasp", "random"):
             return fn(cfg, system, model, languages, run_dir, init, info, progress)
         m = cfg.masks
@@ -88,9 +110,11 @@ def _guard_masks(fn):
             config = read_config(str(source))
             records = {l: (config.get("provenance") or {}).get(l) or legacy_record(config, l) for l in languages}
             config_base = next(iter(records.values()), {}).get("base_model") if records else None
-            same_base = config_base == (os.path.abspath(init) if os.path.isdir(init) else init)
-            # hash the starting weights only when the set claims to come from them (else nothing to compare)
-            wanted = expected_record(m, cfg.data.train, init, model if same_base else None)
+            # the starting weights must be the ones the set was searched on, unless one of the two models was
+            # trained by lasp from the other (masks searched on the base model, used on its pre-trained version)
+            related = _in_lineage(config_base, init) or _in_lineage(init, config_base)
+            same_base = config_base == _model_name(init)
+            wanted = expected_record(m, cfg.data.train, init, model if same_base or not related else None)
             if source != m.dir:
                 # the masks the starting model was trained with: a later stage may train on other data (labelled
                 # fine-tuning after unlabelled pre-training); the mask settings must still agree

@@ -8,7 +8,7 @@ languages; the confined optimizer trains the union of every language whose forwa
 
 Nothing here reads a device value on the host before backward: the loss, its normaliser and the metrics stay on
 the device. After backward one float64 vector, [non-finite micro-batches, loss sum, normaliser sum, over the time
-budget, one entry per language], is summed over the ranks in one collective, and read back together with the
+budget, a stop asked for (Ctrl-C, SIGTERM), one entry per language], is summed over the ranks in one collective, and read back together with the
 gradient norm in one host synchronization. A non-finite loss or gradient on any rank skips the update on every
 rank (the gradients are all-reduced, so the norm agrees; the flag covers a non-finite loss with finite
 gradients). Under fp16 the gradient scaler unscales before the check and updates its scale after every step: an
@@ -34,6 +34,8 @@ class StepResult:
     grad_norm: float
     languages: list[str]  # every language trained in the step, over all ranks
     over_budget: bool  # some rank has used up max_minutes
+    signalled: bool  # some rank was asked to stop (Ctrl-C, SIGTERM)
+    diverging: bool  # counts toward max_nonfinite: a non-finite loss, or gradient without fp16 loss scaling
     metrics: dict[str, Any]  # the loss function's scalars, mean over the micro-batches (device tensors or floats)
 
 
@@ -50,7 +52,7 @@ class Stepper:
         self.languages = list(languages)  # the reduction's language entries (empty: the batches' own, this rank)
         self.confined = optimizer is not inner
 
-    def step(self, step: int, over_budget: Callable[[], bool]) -> StepResult:
+    def step(self, step: int, over_budget: Callable[[], bool], stop_requested: Callable[[], bool]) -> StepResult:
         info, device = self.info, self.info.device
         nonfinite = torch.zeros((), dtype=torch.float64, device=device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -73,19 +75,21 @@ class Stepper:
             for key, v in metrics.items():
                 metric_sums[key] = metric_sums[key] + v if key in metric_sums else v
         lang_flags = torch.tensor([1.0 if l in local_langs else 0.0 for l in self.languages], dtype=torch.float64)
-        over = torch.tensor([1.0 if over_budget() else 0.0], dtype=torch.float64)
+        stops = torch.tensor([float(over_budget()), float(stop_requested())], dtype=torch.float64)
         reduced = D.all_reduce_sum(torch.cat([torch.stack([nonfinite, loss_sum, weight_sum]),
-                                              over.to(device, non_blocking=True),
+                                              stops.to(device, non_blocking=True),
                                               lang_flags.to(device, non_blocking=True)]), info)
         D.normalize_grads(self.params, reduced[2], info)  # DDP already summed them during backward
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.inner)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         host = torch.cat([reduced, norm.detach().double().reshape(1).to(device)]).tolist()  # the one sync
-        bad_loss, total_loss, total_weight, over_count = host[:4]
+        bad_loss, total_loss, total_weight, over_count, stop_count = host[:5]
         grad_norm = host[-1]
         skipped = bad_loss > 0 or not math.isfinite(grad_norm)
-        langs = ([l for l, flag in zip(self.languages, host[4:-1]) if flag > 0] if self.languages
+        # fp16: an overflow of the scaled gradients is the loss scaler's calibration, not divergence
+        diverging = bad_loss > 0 or (skipped and not self.scaler.is_enabled())
+        langs = ([l for l, flag in zip(self.languages, host[5:-1]) if flag > 0] if self.languages
                  else sorted(local_langs))
         if not skipped:
             if self.confined:
@@ -102,4 +106,5 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(skipped=skipped, loss=float("nan") if skipped else total_loss / max(total_weight, 1e-12),
                           grad_norm=grad_norm, languages=langs, over_budget=over_count > 0,
+                          signalled=stop_count > 0, diverging=diverging,
                           metrics={k: v / self.accum for k, v in metric_sums.items()})
