@@ -21,6 +21,7 @@ import yaml
 
 from lasp.config.schema import (  # noqa: F401  (re-exported: the public schema)
     SYSTEMS,
+    AddLanguageConfig,
     AdapterConfig,
     DataConfig,
     EvaluateConfig,
@@ -83,6 +84,8 @@ def register_section(name: str, cls: type) -> None:
 
 # `lasp run` reads this section; every other command ignores it
 register_section("run", RunConfig)
+# `lasp add-language` reads this one
+register_section("add_language", AddLanguageConfig)
 
 
 # --------------------------------------------------------------------------- typing helpers

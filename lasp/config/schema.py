@@ -208,6 +208,20 @@ class RunConfig:
 
 
 @dataclass
+class AddLanguageConfig:
+    # what a language added to a trained masked system trains (`lasp add-language`). exclusive: only the weights
+    # of its mask that no earlier language keeps, plus its own CTC head (every earlier language's outputs stay
+    # bit-identical); adapter: MMS-style adapters (adapters.dim) on its frozen sub-network plus its own head
+    # (also bit-identical); shared: its whole mask, every unmasked weight and its head, as ordinary lasp
+    # fine-tuning would (changes the earlier languages: the control experiment)
+    rule: Literal["exclusive", "adapter", "shared"] = "exclusive"
+    # language-adaptive pre-training inside the new mask before fine-tuning (pretrain.* settings, the new
+    # language's audio), under the same rule; the quantizer is trained from its initial values when the system
+    # has none (a fine-tuned CTC system)
+    pretrain: bool = False
+
+
+@dataclass
 class RecipeConfig:
     seed: int = 0
     # torch.set_num_threads; null leaves torch's default

@@ -138,6 +138,20 @@ class LanguageMasks:
     def subset(self, languages: Iterable[str]) -> "LanguageMasks":
         return LanguageMasks({l: self._require(l) for l in languages}, self._shapes, self.metadata)
 
+    def merged(self, other: "LanguageMasks") -> "LanguageMasks":
+        """This set's languages followed by ``other``'s (each keeps its own provenance record); a language in
+        both, or masks over other parameters, is an error."""
+        if other.shapes != self._shapes:
+            raise MaskError("cannot merge mask sets over different parameters")
+        both = [l for l in other.languages if l in self._packed]
+        if both:
+            raise MaskError(f"language {both[0]!r} is in both mask sets")
+        records = {**self.records(), **other.records()}
+        meta = {**self.metadata, "provenance": records}
+        meta.pop("available_languages", None)
+        packed = {**{l: self._packed[l] for l in self.languages}, **{l: other.packed(l) for l in other.languages}}
+        return LanguageMasks(packed, self._shapes, meta)
+
     # ------------------------------------------------------------------ statistics
     def kept(self, lang: str) -> int:
         return sum(popcount(p) for p in self._require(lang).values())
@@ -171,6 +185,37 @@ class LanguageMasks:
 
     def shared_by_all(self) -> dict[str, torch.Tensor]:
         return self.intersection(self.languages)
+
+    def difference(self, a: str | Iterable[str], b: str | Iterable[str]) -> dict[str, torch.Tensor]:
+        """Weights kept by ``a`` (a language, or the union of several) and by none of ``b``."""
+        return {name: unpack_bits(bits, self._shapes[name]) for name, bits in self.difference_bits(a, b).items()}
+
+    def exclusive(self, lang: str, others: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Weights only ``lang`` keeps: its mask minus every other language's (or minus ``others``')."""
+        others = [l for l in (self.languages if others is None else others) if l != lang]
+        if not others:
+            return self[lang]
+        return self.difference(lang, others)
+
+    def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
+        """``∪ M_l`` over ``languages`` as packed bits (the layout of :mod:`lasp.masks.bits`)."""
+        languages = list(languages)
+        if not languages:
+            raise MaskError("set operation over an empty list of languages")
+        return {name: union_packed([self._require(l)[name] for l in languages]) for name in self._shapes}
+
+    def difference_bits(self, a: str | Iterable[str], b: str | Iterable[str]) -> dict[str, torch.Tensor]:
+        """:meth:`difference` as packed bits."""
+        plus = self.union_bits([a] if isinstance(a, str) else a)
+        b = [b] if isinstance(b, str) else list(b)
+        if not b:
+            return plus
+        minus = self.union_bits(b)
+        return {name: plus[name] & ~minus[name] for name in self._shapes}
+
+    def count(self, dense_or_bits: Mapping[str, torch.Tensor]) -> int:
+        """Set bits of a result of the set operations (bool tensors or packed bits)."""
+        return sum(int(t.sum()) if t.dtype == torch.bool else popcount(t) for t in dense_or_bits.values())
 
     def iou(self, a: str, b: str) -> float:
         """|A∧B| / |A∨B| over all parameters, counted on the packed bits (NaN if both are empty, as in

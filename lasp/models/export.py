@@ -26,7 +26,7 @@ from lasp.io import atomic_write_json
 from lasp.masked.model import MaskedModel
 from lasp.models.adapters import LanguageAdapters
 from lasp.models.features import feature_normalization, save_feature_extractor
-from lasp.models.layout import SHARED_SUBDIR, model_dir
+from lasp.models.layout import system_dir_of
 from lasp.models.system import System
 
 
@@ -35,6 +35,8 @@ def language_model(system, lang: str) -> torch.nn.Module:
     wrapper = system.wrapper
     if wrapper is not None and lang not in wrapper.languages:
         raise ConfigError(f"system {system.name!r} has no language {lang!r} (it has {', '.join(wrapper.languages)})")
+    if system.added is not None and lang in system.added:
+        return system.added.plain_model(lang, wrapper.merge_and_unload(lang))
     if isinstance(wrapper, MaskedModel):
         return wrapper.merge_and_unload(lang)
     if isinstance(wrapper, LanguageAdapters):
@@ -78,7 +80,7 @@ def export_language(system, vocab, lang: str, out_dir: str | os.PathLike, *, do_
 
 def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """``lasp export``: ``run`` is a fine-tuned system directory (``final/``) or a stage run directory holding one."""
-    system_dir = _system_dir(Path(run))
+    system_dir = system_dir_of(run)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
@@ -88,12 +90,7 @@ def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *,
         raise ConfigError(f"{system_dir} has no vocab.json; export a fine-tuned (CTC) system")
     system = System.from_pretrained(system_dir, head="ctc")
     system.train(False)
-    return export_language(system, Vocabulary.load(system_dir), lang, out_dir,
+    return export_language(system, system.vocabulary(lang, Vocabulary.load(system_dir)), lang, out_dir,
                            do_normalize=feature_normalization(system_dir))
 
 
-def _system_dir(run: Path) -> Path:
-    for candidate in (run, run / "final"):
-        if (model_dir(candidate) / "config.json").is_file():
-            return candidate
-    raise ConfigError(f"{run}: no trained system here (expected {run}/final/{SHARED_SUBDIR}/config.json)")

@@ -107,6 +107,7 @@ def length_batches(indices: Sequence[int], durations: Sequence[float], batch_siz
 def decode_language(system, loader, vocab, lang: str, device: torch.device):
     """(ids, references, hypotheses, unreadable rows) of the batches ``loader`` yields, through ``lang``."""
     ids, refs, hyps, unreadable = [], [], [], []
+    vocab = system.vocabulary(lang, vocab)  # a language added later decodes with its own
     system.set_language(lang)
     system.train(False)
     for batch in loader:

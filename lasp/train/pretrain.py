@@ -15,7 +15,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from lasp.config.recipe import RecipeConfig, stage_run_dir
+from lasp.config.recipe import PretrainConfig, RecipeConfig, stage_run_dir
 from lasp.models.features import feature_normalization
 from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
 from lasp.models.load import load_model
@@ -26,6 +26,32 @@ from lasp.train.loop import Batch, train_loop
 from lasp.train.schedule import gumbel_temperature
 from lasp.train.setup import export_final, resolve_masks, start_stage
 from lasp.models.system import System, build_system
+
+
+def pretraining_objective(p: PretrainConfig, model, is_main: bool = True):
+    """(loss_fn, on_step_start) of wav2vec 2.0 pre-training for :func:`lasp.train.loop.train_loop`: the
+    contrastive + diversity loss with its logged parts, and the Gumbel temperature schedule."""
+    codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
+    collapse = {"warned": False}
+
+    def on_step_start(step: int) -> None:
+        model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
+
+    def loss_fn(sys: System, batch: Batch, step: int):
+        out, loss, frames = batch_loss(sys, batch.inputs)
+        ppl = float(out.codevector_perplexity.detach())
+        if ppl < p.perplexity_warn * codebook and not collapse["warned"] and is_main:
+            warnings.warn(f"pretrain step {step}: codevector perplexity {ppl:.1f} is below "
+                          f"{p.perplexity_warn:g} × {codebook} codevectors — the quantizer is collapsing "
+                          "(raise diversity_weight or gumbel_max, or lower the learning rate)", stacklevel=2)
+            collapse["warned"] = True
+        metrics = {"contrastive": float(out.contrastive_loss.detach()) / max(frames, 1.0),
+                   "diversity": float(out.diversity_loss.detach()) / max(frames, 1.0), "ppl": ppl,
+                   "ppl_collapsed": float(ppl < p.perplexity_warn * codebook),
+                   "gumbel_temp": float(model.quantizer.temperature), "masked_frames": frames}
+        return loss, frames, metrics
+
+    return loss_fn, on_step_start
 
 
 def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:
@@ -48,26 +74,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size)
     loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
     stream = LoaderStream(loader, sampler, device=info.device)
-    codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
-    collapse = {"warned": False}
-
-    def on_step_start(step: int) -> None:
-        model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
-
-    def loss_fn(sys: System, batch: Batch, step: int):
-        out, loss, frames = batch_loss(sys, batch.inputs)
-        ppl = float(out.codevector_perplexity.detach())
-        if ppl < p.perplexity_warn * codebook and not collapse["warned"] and info.is_main:
-            warnings.warn(f"pretrain step {step}: codevector perplexity {ppl:.1f} is below "
-                          f"{p.perplexity_warn:g} × {codebook} codevectors — the quantizer is collapsing "
-                          "(raise diversity_weight or gumbel_max, or lower the learning rate)", stacklevel=2)
-            collapse["warned"] = True
-        metrics = {"contrastive": float(out.contrastive_loss.detach()) / max(frames, 1.0),
-                   "diversity": float(out.diversity_loss.detach()) / max(frames, 1.0), "ppl": ppl,
-                   "ppl_collapsed": float(ppl < p.perplexity_warn * codebook),
-                   "gumbel_temp": float(model.quantizer.temperature), "masked_frames": frames}
-        return loss, frames, metrics
-
+    loss_fn, on_step_start = pretraining_objective(p, model, info.is_main)
     if info.is_main and progress:
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=p, run_dir=run_dir, info=info,

@@ -179,7 +179,7 @@ def _export_languages(system: System, directory: Path, languages: Sequence[str],
     system.train(False)
     try:
         for lang in languages:
-            export_language(system, vocab, lang, directory / lang, do_normalize=normalize)
+            export_language(system, system.vocabulary(lang, vocab), lang, directory / lang, do_normalize=normalize)
     except ConfigError as err:  # adapters on a post-norm encoder: the system itself is still saved and usable
         print(f"{directory.parent.name}/final: per-language exports skipped ({err})")
         for lang in languages:
