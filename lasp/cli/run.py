@@ -6,6 +6,7 @@ import argparse
 from lasp.cli.preflight import check_output_dir, check_output_file
 from lasp.cli.recipe import add_explain, print_explain
 from lasp.config.recipe import load_recipe
+from lasp.run.continual import continual_report_from_outputs, run_continual
 from lasp.run.runner import clean, demo_recipe_path, report_from_outputs, run
 
 DEFAULT_RECIPE = "demo"
@@ -32,14 +33,21 @@ def run_command(args: argparse.Namespace) -> int:
     _check_outputs(cfg)
     if args.fresh:
         clean(cfg)
-    run(cfg)
+    if "continual" in cfg.extra:  # train on some languages, then add the others one at a time
+        run_continual(cfg)
+    else:
+        run(cfg)
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    print(report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
+    cfg = _load(args)
+    if "continual" in cfg.extra:
+        print(continual_report_from_outputs(cfg))
+    else:
+        print(report_from_outputs(cfg))  # every seed's report and the seed summary with run.seeds
     return 0
 
 

@@ -22,6 +22,7 @@ import yaml
 from lasp.config.schema import (  # noqa: F401  (re-exported: the public schema)
     SYSTEMS,
     AddLanguageConfig,
+    ContinualConfig,
     AdapterConfig,
     DataConfig,
     EvaluateConfig,
@@ -84,8 +85,9 @@ def register_section(name: str, cls: type) -> None:
 
 # `lasp run` reads this section; every other command ignores it
 register_section("run", RunConfig)
-# `lasp add-language` reads this one
+# `lasp add-language` reads this one; `lasp run` runs the continual experiment when a recipe has `continual`
 register_section("add_language", AddLanguageConfig)
+register_section("continual", ContinualConfig)
 
 
 # --------------------------------------------------------------------------- typing helpers

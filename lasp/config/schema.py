@@ -222,6 +222,23 @@ class AddLanguageConfig:
 
 
 @dataclass
+class ContinualConfig:
+    # `lasp run` with this section runs the continual experiment: a lasp system trained on the `first` languages,
+    # then every language of `add` added to it one at a time (`lasp add-language`), against joint training of all
+    # languages from the start and an MMS adapter added to the same frozen system (run.languages lists them all)
+    first: list[str] = field(default_factory=list)
+    add: list[str] = field(default_factory=list)
+    # fine-tuning steps of each addition (learning rate and schedule: finetune.optim)
+    add_steps: int = 350
+    # language-adaptive pre-training of each addition inside its mask first (pretrain.* settings)
+    add_pretrain: bool = False
+    # also add the first of `add` with the rule switched off (add_language.rule=shared): what the rule prevents
+    control: bool = True
+    # the base model is pre-trained on the `first` languages only: the added languages are new to it
+    base_on_first: bool = True
+
+
+@dataclass
 class RecipeConfig:
     seed: int = 0
     # torch.set_num_threads; null leaves torch's default

@@ -89,6 +89,13 @@ def _check_counts(kept: int, sparsity_now: float, lang: str, config: dict, path:
                         f"{float(sparsity):.6f} (the file was changed or is corrupt)")
 
 
+def stored_bytes(directory: str | os.PathLike) -> dict[str, int]:
+    """Bytes on disk per language of a mask set (its own file), read from the folder."""
+    directory = os.fspath(directory)
+    config = _read_config(directory)
+    return {lang: os.path.getsize(os.path.join(directory, mask_file_name(lang))) for lang in config["languages"]}
+
+
 def remove_mask_set(directory: str | os.PathLike) -> None:
     """Delete a mask set's own files (its config and the mask files it lists); other files stay."""
     directory = os.fspath(directory)

@@ -265,7 +265,8 @@ def add_language(run: str | os.PathLike, lang: str, train: str | os.PathLike, ou
                "own_values": own, "exclusive_weights": exclusive}
     final = export_final(system, out, cfg, summary, extra=joint.save)
     if cfg.data.test:
-        served = [l for l in dict.fromkeys(u.lang for u in read_manifest(cfg.data.test)) if l in system.languages]
+        served = cfg.evaluate.languages or [l for l in dict.fromkeys(u.lang for u in read_manifest(cfg.data.test))
+                                            if l in system.languages]
         cfg.data.languages, cfg.evaluate.languages = served, served
         results = evaluate(cfg)
         if progress:

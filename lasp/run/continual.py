@@ -1,0 +1,168 @@
+"""`lasp run` of a recipe with a ``continual`` section: train on some languages, then add the others one at a time.
+
+    corpus ─► base (shared pre-training, on the first languages) ─► masks (every language, on the base)
+      ├─► pretrain-first ─► finetune-first ─► evaluate-first ─► add-1-<l1> ─► add-2-<l2> ─► ...   (step 0, 1, 2 ...)
+      │                                          ├─► adapter-<l1>   (MMS adapter on the same frozen system)
+      │                                          └─► control-<l1>   (the rule switched off: add_language.rule=shared)
+      └─► pretrain-joint ─► finetune-joint ─► evaluate-joint   (every language trained together from the start)
+
+Each addition is an ordinary ``lasp add-language`` of the previous step's system, evaluated on every language it
+serves (``add-<i>-<lang>/eval``); the adapter baseline of language ``l_i`` is added to the same system as the
+lasp addition of ``l_i`` (step i-1). Stages are scheduled like every `lasp run` (finished ones skipped, a killed
+one resumes); with ``run.seeds`` every seed is a complete experiment in ``<output_dir>/seed-<s>``. The report
+(:mod:`lasp.analysis.continual`) goes to ``run.report``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lasp.analysis.continual import write_continual_report
+from lasp.config.recipe import RecipeConfig, load_recipe, save_recipe
+from lasp.config.schema import ContinualConfig, RunConfig
+from lasp.errors import ConfigError
+from lasp.run.runner import _masks_job, _merge_times, _override_value, base_is_checkpoint, make_corpus, \
+    run_settings, stage_config
+from lasp.run.schedule import Job, run_jobs
+from lasp.run.seeds import seed_configs
+
+# the order a free thread-slot picks ready stages in: the long chain (fine-tuning, then additions) first
+_RANK = {"base": 0, "masks": 1, "pretrain": 2, "finetune": 3, "add": 4, "adapter": 5, "control": 6, "evaluate": 7}
+
+
+def continual_settings(cfg: RecipeConfig, settings: RunConfig) -> ContinualConfig:
+    cont = cfg.extra.get("continual")
+    if cont is None:
+        raise ConfigError("this recipe has no 'continual' section; see recipes/continual.yaml")
+    if not cont.first or not cont.add:
+        raise ConfigError("continual.first and continual.add each need at least one language")
+    both = sorted(set(cont.first) & set(cont.add))
+    if both:
+        raise ConfigError(f"continual: language {both[0]!r} is in both first and add")
+    for key, langs in (("first", cont.first), ("add", cont.add)):
+        odd = [l for l in langs if l not in settings.languages]
+        if odd:
+            raise ConfigError(f"continual.{key}: {odd[0]!r} is not one of run.languages {settings.languages}")
+    if cont.add_steps < 1:
+        raise ConfigError("continual.add_steps must be at least 1")
+    return cont
+
+
+def step_dirs(out: Path, cont: ContinualConfig) -> list[tuple[str, Path, list[str]]]:
+    """(stage name, evaluation folder, languages served) of step 0 (the first languages) and every addition."""
+    steps = [("first", out / "eval-first", list(cont.first))]
+    for i, lang in enumerate(cont.add, 1):
+        steps.append((f"add-{i}-{lang}", out / f"add-{i}-{lang}" / "eval", list(cont.first) + list(cont.add[:i])))
+    return steps
+
+
+def plan_continual(cfg: RecipeConfig, settings: RunConfig, cont: ContinualConfig, recipe: Path) -> list[Job]:
+    out = Path(cfg.output_dir)
+    lasp = [sys.executable, "-m", "lasp"]
+    masks = out / "masks-lasp"
+    first = f"data.languages={json.dumps(list(cont.first))}"
+    if base_is_checkpoint(cfg):
+        base, base_job, jobs = Path(cfg.model.name), [], []
+    else:
+        base, base_job = out / "base" / "final", ["base"]
+        jobs = [Job("base", [*lasp, "pretrain", str(recipe), "pretrain.system=shared", f"pretrain.run_dir={base.parent}",
+                             f"pretrain.init={cfg.model.name}", f"pretrain.max_steps={settings.base_steps}",
+                             f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
+                             f"threads={settings.base_threads}", "data.mixed=false",
+                             *([first] if cont.base_on_first else [])],
+                    [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
+                    max_minutes=settings.base_minutes)]
+    jobs.append(_masks_job("masks", cfg, recipe, base, base_job, masks, settings))  # every language's mask
+    for name, langs in (("first", cont.first), ("joint", list(cont.first) + list(cont.add))):
+        only = f"data.languages={json.dumps(list(langs))}"
+        pre, ft, ev = out / f"pretrain-{name}", out / f"finetune-{name}", out / f"eval-{name}"
+        jobs += [Job(f"pretrain-{name}", [*lasp, "pretrain", str(recipe), "pretrain.system=lasp",
+                                          f"pretrain.run_dir={pre}", f"pretrain.init={base}", f"masks.dir={masks}",
+                                          "threads=1", "data.mixed=false", only],
+                     ["masks"], pre / "final", run_dir=pre, max_steps=cfg.pretrain.max_steps),
+                 Job(f"finetune-{name}", [*lasp, "finetune", str(recipe), "finetune.system=lasp",
+                                          f"finetune.run_dir={ft}", f"finetune.init={pre / 'final'}",
+                                          f"masks.dir={masks}", "threads=1", only],
+                     [f"pretrain-{name}"], ft / "final", run_dir=ft, max_steps=cfg.finetune.max_steps),
+                 Job(f"evaluate-{name}", [*lasp, "evaluate", str(recipe), f"evaluate.model={ft / 'final'}",
+                                          f"evaluate.out_dir={ev}", "threads=1", only],
+                     [f"finetune-{name}"], ev / "results.json")]
+    prev, prev_job = out / "finetune-first", "finetune-first"
+    for i, lang in enumerate(cont.add, 1):
+        def addition(name: str, *extra: str) -> Job:
+            d = out / name
+            return Job(name, [*lasp, "add-language", str(prev), "--lang", lang, "--data", cfg.data.train,
+                              "--test", cfg.data.test, "--out", str(d), "--set",
+                              f"finetune.max_steps={cont.add_steps}", f"add_language.pretrain={json.dumps(cont.add_pretrain)}",
+                              "threads=1", *extra],
+                       [prev_job], d / "eval" / "results.json", run_dir=d, max_steps=cont.add_steps)
+        jobs.append(addition(f"add-{i}-{lang}"))
+        jobs.append(addition(f"adapter-{lang}", "add_language.rule=adapter", f"evaluate.languages=[{lang}]"))
+        if i == 1 and cont.control:
+            jobs.append(addition(f"control-{lang}", "add_language.rule=shared"))
+        prev, prev_job = out / f"add-{i}-{lang}", f"add-{i}-{lang}"
+    return jobs
+
+
+def _kind(name: str) -> int:
+    return _RANK[name.rsplit("/", 1)[-1].split("-")[0]]
+
+
+def _prepare(seed_cfg: RecipeConfig) -> tuple[RecipeConfig, list[Job]]:
+    settings = seed_cfg.extra["run"]
+    cont = continual_settings(seed_cfg, settings)
+    out = Path(seed_cfg.output_dir)
+    manifests = make_corpus(seed_cfg, settings)
+    if "test" not in manifests:
+        raise ConfigError(f"{settings.corpus}: the continual experiment needs a test manifest")
+    out.mkdir(parents=True, exist_ok=True)
+    stage_cfg = stage_config(seed_cfg, settings, manifests)
+    recipe = save_recipe(stage_cfg, out / "stages.yaml")
+    save_recipe(seed_cfg, out / "recipe.yaml")
+    return stage_cfg, plan_continual(stage_cfg, settings, cont, recipe)
+
+
+def run_continual(cfg: RecipeConfig, progress: bool = True) -> Path:
+    """Run the continual experiment of ``cfg`` (every seed of run.seeds) and write its report; returns its path."""
+    settings = run_settings(cfg)
+    cont = continual_settings(cfg, settings)
+    t0 = time.monotonic()
+    runs = seed_configs(cfg, settings)
+    multi = len(runs) > 1
+    print(f"lasp run (continual): first {', '.join(cont.first)}, then add {', '.join(cont.add)} one at a time"
+          + (f", seeds {', '.join(str(c.seed) for c in runs)}" if multi else "") + f", output {cfg.output_dir}",
+          flush=True)
+    jobs, stage_cfgs = [], []
+    for seed_cfg in runs:
+        stage_cfg, planned = _prepare(seed_cfg)
+        stage_cfgs.append(stage_cfg)
+        prefix = f"seed-{seed_cfg.seed}/" if multi else ""
+        jobs += [replace(j, name=prefix + j.name, deps=[prefix + d for d in j.deps]) for j in planned]
+    jobs.sort(key=lambda j: _kind(j.name))
+    walls = run_jobs(jobs, settings.parallel, Path(cfg.output_dir) / "logs", progress=progress)
+    for seed_cfg in runs:
+        seed_out, prefix = Path(seed_cfg.output_dir), f"seed-{seed_cfg.seed}/" if multi else ""
+        mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
+        (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
+                                                              indent=2))
+    report = write_continual_report(cfg, cont, [Path(c.output_dir) for c in runs], stage_cfgs,
+                                    wall_total=time.monotonic() - t0)
+    print(f"report: {report}", flush=True)
+    return report
+
+
+def continual_report_from_outputs(cfg: RecipeConfig) -> Path:
+    """`lasp report` of a continual recipe: the report from whatever stages have finished."""
+    settings = run_settings(cfg)
+    cont = continual_settings(cfg, settings)
+    runs = seed_configs(cfg, settings)
+    stage_cfgs = []
+    for seed_cfg in runs:
+        path = Path(seed_cfg.output_dir) / "stages.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; `lasp run` has not started in output_dir {cfg.output_dir} yet")
+        stage_cfgs.append(load_recipe(path))
+    return write_continual_report(cfg, cont, [Path(c.output_dir) for c in runs], stage_cfgs)
