@@ -103,6 +103,15 @@ def test_mask_set_supplies_targets_languages_and_sharing():
     assert row["unique_weights_per_language"] == round(sum(stats.unique_per_language) / 3)
     # LoRA on the same (attention-only) targets.
     assert by_method(rows, "LoRA")["per_language_params"] == len(names) * 4 * (144 + 144)
+    # as lasp stores the set: a core plus coded per-language deltas, fewer bytes than the raw bits at density 0.3
+    coded = next(r for r in rows if r["method"] == "lasp masks" and r["setting"] == "core + deltas, zstd")
+    from lasp.masks.language_masks import LanguageMasks
+    from lasp.masks.store import coded_sizes
+
+    lm = LanguageMasks.from_dense(masks)
+    sizes = coded_sizes({l: lm.packed(l) for l in lm.languages}, "zstd")
+    assert coded["per_language_bytes"] == round((sizes["core"] + sum(sizes["deltas"].values())) / 3)
+    assert coded["per_language_bytes"] < row["per_language_bytes"]
 
     masks["a"][names[0]] = torch.zeros(144, 96, dtype=torch.bool)
     with pytest.raises(MaskError, match=names[0]):

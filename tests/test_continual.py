@@ -157,8 +157,10 @@ def test_export_and_evaluate_work_on_the_new_run(trained, tmp_path):
     from lasp.train.evaluate import evaluate
 
     run, corpus = trained
-    assert add(run, tmp_path / "new", corpus) == 0
+    # scored with Taylor through ru's own head on ru's transcripts (the CTC loss), as the recipes do
+    assert add(run, tmp_path / "new", corpus, "masks.scorer=taylor", "masks.max_batches=2") == 0
     final = tmp_path / "new" / "final"
+    assert json.loads((tmp_path / "new" / "masks-search" / "mask_config.json").read_text())["scorer"] == "taylor"
     assert main(["export", str(tmp_path / "new"), "--lang", "ru", "--out", str(tmp_path / "ru")]) == 0
     from transformers import Wav2Vec2ForCTC
 

@@ -196,3 +196,47 @@ def test_removing_a_language_recodes_the_rest_bit_exact(tmp_path):
     assert same(LanguageMasks.load(tmp_path / "two"), masks.subset(["de", "ru"]))
     # the core grows when a language goes: fewer bits per remaining language
     assert stored_bytes(tmp_path / "two")["core"] >= stored_bytes(tmp_path / "three")["core"]
+
+
+def test_mask_arithmetic_in_the_api_and_the_cli(tmp_path, capsys):
+    from lasp.cli import main
+
+    masks = overlapping(langs=("es", "de", "ru"))
+    es, de, ru = (masks[l] for l in ("es", "de", "ru"))
+    diff = masks.difference(["es", "de"], ["ru"])
+    only_es = masks.exclusive("es")
+    for n in es:
+        assert torch.equal(diff[n], (es[n] | de[n]) & ~ru[n])
+        assert torch.equal(only_es[n], es[n] & ~de[n] & ~ru[n])
+    assert masks.count(masks.exclusive("es", others=["de"])) == sum(int((es[n] & ~de[n]).sum()) for n in es)
+    masks.save(tmp_path / "set")
+    capsys.readouterr()
+    assert main(["masks", "exclusive", str(tmp_path / "set"), "--lang", "es", "--out", str(tmp_path / "x"),
+                 "--name", "es_only"]) == 0
+    assert f"{masks.count(only_es):,} of {masks.numel():,}" in capsys.readouterr().out
+    written = LanguageMasks.load(tmp_path / "x")
+    assert written.languages == ["es_only"] and all(torch.equal(written["es_only"][n], only_es[n]) for n in es)
+    assert main(["masks", "difference", str(tmp_path / "set"), "--langs", "es,de", "--minus", "ru"]) == 0
+    assert f"{masks.count(diff):,} of" in capsys.readouterr().out
+    assert main(["masks", "union", str(tmp_path / "set")]) == 1
+    assert "needs --langs" in capsys.readouterr().err
+
+
+def test_masks_size_compares_codecs(tmp_path, capsys):
+    from lasp.analysis.mask_storage import storage_table
+    from lasp.cli import main
+
+    masks = overlapping(langs=("es", "de", "ru", "it"), shape=(256, 512))
+    table = storage_table(masks, load_times=False)
+    raw = table["raw_per_language"]
+    assert table["codecs"]["packed"]["alone_per_language"] == raw
+    assert table["codecs"]["packed"]["total"] == 5 * raw  # core + 4 deltas, one bit per weight each
+    zstd = table["codecs"]["zstd"]
+    assert zstd["per_language"] < 0.75 * raw and zstd["per_language"] < zstd["alone_per_language"]
+    masks.save(tmp_path / "set")
+    capsys.readouterr()
+    assert main(["masks", "size", str(tmp_path / "set"), "--codecs", "packed,zstd", "--json",
+                 str(tmp_path / "size.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| zstd |" in out and "| packed |" in out and "load one language" in out
+    assert set(json.loads((tmp_path / "size.json").read_text())["codecs"]) == {"packed", "zstd"}

@@ -21,6 +21,7 @@ from lasp.analysis.tables import write_json
 from lasp.analysis.utterances import read_eval_dir, read_recogs
 from lasp.config.schema import ContinualConfig
 from lasp.io import atomic_write
+from lasp.masks.bits import packed_shape
 from lasp.masks.store import stored_bytes
 
 N_BOOT = 2000
@@ -59,12 +60,18 @@ def _size(path: Path) -> int | None:
     return path.stat().st_size if path.is_file() else None
 
 
-def _bytes_of_addition(run: Path, folder: str, lang: str) -> dict | None:
-    final = run / folder / "final"
-    if not (final / "lasp_system.json").is_file():
+def _bytes_of_addition(run: Path, folder: str, lang: str, previous: str) -> dict | None:
+    """What the system in ``folder`` stores beyond the one in ``previous`` for ``lang``: the growth of the whole
+    stored mask set (adding a language shrinks the core, so every delta may grow), its raw mask bits, its own
+    tensors (head, adapters), the shared model's size."""
+    final, before = run / folder / "final", run / previous / "final"
+    if not (final / "lasp_system.json").is_file() or not (before / "lasp_system.json").is_file():
         return None
     summary = json.loads((final / "train_summary.json").read_text(encoding="utf-8"))
-    return {"mask": stored_bytes(final / "masks")[lang], "own": _size(final / "added" / f"{lang}.safetensors"),
+    config = json.loads((final / "masks" / "mask_config.json").read_text(encoding="utf-8"))
+    raw = sum(math.prod(packed_shape(shape)) for shape in config["parameters"].values())
+    return {"mask": stored_bytes(final / "masks")["total"] - stored_bytes(before / "masks")["total"],
+            "mask_raw": raw, "own": _size(final / "added" / f"{lang}.safetensors"),
             "shared_model": _size(final / "shared" / "model.safetensors"), "own_values": summary.get("own_values"),
             "exclusive_weights": summary.get("exclusive_weights")}
 
@@ -114,11 +121,11 @@ def continual_summary(run_dirs: Sequence[Path], cont: ContinualConfig) -> dict:
                 c = compare(systems["lasp addition"], sc, [lang], names=("lasp addition", name), n_boot=N_BOOT)
                 rows[name]["lasp_minus_this"] = {"difference": c.difference, "low": c.low, "high": c.high,
                                                  "verdict": c.verdict}
-        bytes_each = {"lasp addition": [_bytes_of_addition(r, f"add-{i}-{lang}", lang) for r in run_dirs],
-                      "MMS adapter, same frozen system": [_bytes_of_addition(r, f"adapter-{lang}", lang)
-                                                          for r in run_dirs],
-                      "rule off (shared weights train)": [_bytes_of_addition(r, f"control-{lang}", lang)
-                                                          for r in run_dirs]}
+        previous = "finetune-first" if i == 1 else f"add-{i - 1}-{cont.add[i - 2]}"
+        bytes_each = {name: [_bytes_of_addition(r, f"{prefix}{lang}", lang, previous) for r in run_dirs]
+                      for name, prefix in (("lasp addition", f"add-{i}-"), ("MMS adapter, same frozen system",
+                                                                             "adapter-"),
+                                           ("rule off (shared weights train)", "control-"))}
         sizes = {}
         for name, per_seed in bytes_each.items():
             if all(b is not None for b in per_seed):
@@ -133,7 +140,7 @@ def continual_summary(run_dirs: Sequence[Path], cont: ContinualConfig) -> dict:
                                       "same_hypotheses": _same_hypotheses(run_dirs, f"control-{lang}/eval",
                                                                           "eval-first", old)}
     joint_bytes = [(_size(r / "finetune-joint" / "final" / "shared" / "model.safetensors"),
-                    sum(stored_bytes(r / "finetune-joint" / "final" / "masks").values()))
+                    stored_bytes(r / "finetune-joint" / "final" / "masks")["total"])
                    if (r / "finetune-joint" / "final" / "lasp_system.json").is_file() else None for r in run_dirs]
     return {"seeds": len(run_dirs), "steps": [s[0] for s in steps], "table": table, "backward": backward,
             "backward_transfer": bwt, "new": new, "control": control,
@@ -193,19 +200,24 @@ def format_report(summary: dict, cont: ContinualConfig, command: str) -> str:
                             if d else "– | – |"))
     lines += ["", "## Extra bytes per added language", "",
               "What the new system stores beyond the previous one, read from the files (mean over seeds): the "
-              "language's mask as stored, its own head + vocabulary tensors (and adapters). The exclusive rule "
-              "trains weights at positions of the shared tensor no earlier language reads, so it stores no weight "
-              "copy; the control changes shared weights, so keeping the earlier languages as they were needs a "
-              "second copy of the shared model; joint training from the start retrains every weight.", "",
-              "| language | way | mask | own tensors | copy of the shared model | values trained |",
-              "|---|---|---|---|---|---|"]
+              "growth of the stored mask set (a core plus coded deltas; the raw bits of one mask for "
+              "comparison), the language's own tensors (head; adapters). The exclusive rule trains weights at "
+              "positions of the shared tensor no earlier language reads, so it stores no weight copy; the control "
+              "changes shared weights, so keeping the earlier languages as they were needs a second copy of the "
+              "shared model; joint training from the start retrains every weight.", "",
+              "| language | way | mask set grows by | (raw mask bits) | own tensors | copy of the shared model | "
+              "values trained |", "|---|---|---|---|---|---|---|"]
     for lang, entry in summary["new"].items():
         for name, b in entry["bytes"].items():
             copy = _kib(b["shared_model"]) if name.startswith("rule off") else "none"
-            trained = b.get("exclusive_weights") if name == "lasp addition" else None
-            what = (f"{int(trained):,} exclusive weights + {int(b['own_values']):,} head values" if trained is not None
-                    else f"{int(b['own_values']):,}" if b.get("own_values") is not None else "–")
-            lines.append(f"| {lang} | {name} | {_kib(b['mask'])} | {_kib(b['own'])} | {copy} | {what} |")
+            if name == "lasp addition":
+                what = f"{int(b['exclusive_weights']):,} exclusive weights + {int(b['own_values']):,} head values"
+            elif name.startswith("MMS"):
+                what = f"{int(b['own_values']):,} (adapters + head)"
+            else:
+                what = "its whole mask, every unmasked weight, its head"
+            lines.append(f"| {lang} | {name} | {_kib(b['mask'])} | {_kib(b['mask_raw'])} | {_kib(b['own'])} | "
+                         f"{copy} | {what} |")
     if summary["joint_bytes"]:
         jb = summary["joint_bytes"]
         lines.append(f"| all | joint from the start | {_kib(jb['masks'])} (every language) | – | "

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "import corpora, synthesize the demo corpus, inspect manifests"),
-    "masks": ("masks", "make, inspect and compare mask sets (prune, info, overlap)"),
+    "masks": ("masks", "make, inspect, compare and combine mask sets (prune, info, overlap, size, union, "
+                       "intersection, difference, exclusive)"),
     "pretrain": ("train", "continued wav2vec 2.0 pre-training (shared or language-adaptive)"),
     "finetune": ("train", "multilingual CTC fine-tuning (shared, lasp, random masks or adapters)"),
     "evaluate": ("train", "greedy CTC decoding; per-language CER/WER files"),

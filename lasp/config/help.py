@@ -19,6 +19,8 @@ SECTIONS = {
     "finetune.optim": "optimizer and learning-rate schedule of fine-tuning",
     "evaluate": "greedy CTC decoding and CER/WER (`lasp evaluate`)",
     "run": "the whole comparison (`lasp run`, `lasp report`); other commands ignore it",
+    "add_language": "what a language added to a trained masked system trains (`lasp add-language`)",
+    "continual": "the continual experiment (`lasp run` with this section): train on some languages, add the rest",
 }
 
 HELP: dict[str, dict[str, str]] = {
@@ -142,6 +144,21 @@ HELP: dict[str, dict[str, str]] = {
                     "an extra adapter baseline ({name, system: adapters, overrides: {adapters.*|finetune.*}})",
         "spread_from": "a benchmark's seeds_summary.json, or lasp:benchmark for the one shipped with lasp; the "
                        "report quotes its seed-to-seed spread (null: none)",
+    },
+    "AddLanguageConfig": {
+        "rule": "what an added language trains: exclusive (its mask's weights no earlier language keeps + its "
+                "own head; the others stay bit-identical), adapter (MMS adapters on its frozen sub-network + its "
+                "head), shared (its whole mask, unmasked weights, head: the control, changes the others)",
+        "pretrain": "pre-train the new language inside its mask (pretrain.* settings) before fine-tuning it",
+    },
+    "ContinualConfig": {
+        "first": "languages the first system is trained on jointly (all of them in run.languages)",
+        "add": "languages added afterwards with `lasp add-language`, one at a time in this order",
+        "add_steps": "fine-tuning steps of each addition (learning rate and schedule: finetune.optim)",
+        "add_pretrain": "pre-train each addition inside its mask first (add_language.pretrain)",
+        "control": "also add the first of `add` with add_language.rule=shared: what the rule prevents",
+        "base_on_first": "pre-train the base model on the first languages only (the added ones are new to it)",
+        "pretrain": "language-adaptive pre-training of the first and the joint systems before fine-tuning",
     },
 }
 

@@ -236,6 +236,9 @@ class ContinualConfig:
     control: bool = True
     # the base model is pre-trained on the `first` languages only: the added languages are new to it
     base_on_first: bool = True
+    # language-adaptive pre-training (pretrain.*) of the first and the joint systems before fine-tuning; false
+    # fine-tunes both straight from the base (the additions never pre-train unless add_pretrain)
+    pretrain: bool = True
 
 
 @dataclass

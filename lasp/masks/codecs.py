@@ -8,7 +8,7 @@ XLSR-53 shapes), and :data:`DEFAULT_CODEC` is the one that won there.
   packed  the packed bytes as they are: 1 bit per weight, whatever the mask
   rle     lengths of the alternating runs of 0 and 1 bits (starting with 0), each a LEB128 varint: small for
           masks made of long runs (structured pruning, empty deltas), large for scattered bits (≥ 1 byte per run)
-  zstd    zstandard (level 19) on the packed bytes: its entropy coder gets close to the bits' entropy for
+  zstd    zstandard (level 3, its default) on the packed bytes: its entropy coder gets close to the bits' entropy for
           scattered bits of any density, and finds long runs too
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lasp.errors import MaskError
 
 CODECS = ("packed", "rle", "zstd")
 DEFAULT_CODEC = "zstd"
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 3
 
 
 def _zstd():

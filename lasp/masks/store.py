@@ -156,6 +156,22 @@ def _write_coded(directory: str, name: str, blobs: dict[str, bytes], metadata: d
         return sha256_file(tmp)
 
 
+def _core_of(packed: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The weights every language keeps (packed), the core a set is stored against."""
+    langs = list(packed)
+    return {n: intersection_packed([packed[l][n] for l in langs]) for n in packed[langs[0]]}
+
+
+def coded_sizes(packed: dict[str, dict[str, torch.Tensor]], codec: str) -> dict:
+    """Bytes of the coded bits, without the files' headers: ``{"core", "deltas": {lang}, "alone": {lang}}``;
+    ``alone`` is each language coded by itself (no core), for comparison."""
+    core = _core_of(packed)
+    size = lambda tensors: sum(len(encode(t.numpy(), codec)) for t in tensors.values())  # noqa: E731
+    return {"core": size(core),
+            "deltas": {l: size({n: m[n] & ~core[n] for n in m}) for l, m in packed.items()},
+            "alone": {l: size(m) for l, m in packed.items()}}
+
+
 def write_set(directory: str | os.PathLike, packed: dict[str, dict[str, torch.Tensor]], codec: str,
               replacing: list[str]) -> tuple[dict, dict[str, str]]:
     """Write the core and every language's delta of ``packed`` ({lang: {name: packed uint8}}) into
@@ -170,7 +186,7 @@ def write_set(directory: str | os.PathLike, packed: dict[str, dict[str, torch.Te
     directory = os.fspath(directory)
     langs = list(packed)
     names = list(packed[langs[0]])
-    core = {n: intersection_packed([packed[l][n] for l in langs]) for n in names}
+    core = _core_of(packed)
     core_blobs = {n: encode(core[n].numpy(), codec) for n in names}
     core_file = f"{CORE_PREFIX}{_digest(core_blobs)}.safetensors"
     deltas, files = {}, {}

@@ -1,10 +1,10 @@
 """`lasp run` of a recipe with a ``continual`` section: train on some languages, then add the others one at a time.
 
     corpus ─► base (shared pre-training, on the first languages) ─► masks (every language, on the base)
-      ├─► pretrain-first ─► finetune-first ─► evaluate-first ─► add-1-<l1> ─► add-2-<l2> ─► ...   (step 0, 1, 2 ...)
+      ├─► [pretrain-first ─►] finetune-first ─► evaluate-first ─► add-1-<l1> ─► add-2-<l2> ─► ...   (step 0, 1, 2 ...)
       │                                          ├─► adapter-<l1>   (MMS adapter on the same frozen system)
       │                                          └─► control-<l1>   (the rule switched off: add_language.rule=shared)
-      └─► pretrain-joint ─► finetune-joint ─► evaluate-joint   (every language trained together from the start)
+      └─► [pretrain-joint ─►] finetune-joint ─► evaluate-joint   (every language trained together from the start)
 
 Each addition is an ordinary ``lasp add-language`` of the previous step's system, evaluated on every language it
 serves (``add-<i>-<lang>/eval``); the adapter baseline of language ``l_i`` is added to the same system as the
@@ -79,14 +79,17 @@ def plan_continual(cfg: RecipeConfig, settings: RunConfig, cont: ContinualConfig
     for name, langs in (("first", cont.first), ("joint", list(cont.first) + list(cont.add))):
         only = f"data.languages={json.dumps(list(langs))}"
         pre, ft, ev = out / f"pretrain-{name}", out / f"finetune-{name}", out / f"eval-{name}"
-        jobs += [Job(f"pretrain-{name}", [*lasp, "pretrain", str(recipe), "pretrain.system=lasp",
-                                          f"pretrain.run_dir={pre}", f"pretrain.init={base}", f"masks.dir={masks}",
-                                          "threads=1", "data.mixed=false", only],
-                     ["masks"], pre / "final", run_dir=pre, max_steps=cfg.pretrain.max_steps),
-                 Job(f"finetune-{name}", [*lasp, "finetune", str(recipe), "finetune.system=lasp",
-                                          f"finetune.run_dir={ft}", f"finetune.init={pre / 'final'}",
+        init, deps = base, ["masks"]
+        if cont.pretrain:
+            jobs.append(Job(f"pretrain-{name}", [*lasp, "pretrain", str(recipe), "pretrain.system=lasp",
+                                                 f"pretrain.run_dir={pre}", f"pretrain.init={base}",
+                                                 f"masks.dir={masks}", "threads=1", "data.mixed=false", only],
+                            ["masks"], pre / "final", run_dir=pre, max_steps=cfg.pretrain.max_steps))
+            init, deps = pre / "final", [f"pretrain-{name}"]
+        jobs += [Job(f"finetune-{name}", [*lasp, "finetune", str(recipe), "finetune.system=lasp",
+                                          f"finetune.run_dir={ft}", f"finetune.init={init}",
                                           f"masks.dir={masks}", "threads=1", only],
-                     [f"pretrain-{name}"], ft / "final", run_dir=ft, max_steps=cfg.finetune.max_steps),
+                     deps, ft / "final", run_dir=ft, max_steps=cfg.finetune.max_steps),
                  Job(f"evaluate-{name}", [*lasp, "evaluate", str(recipe), f"evaluate.model={ft / 'final'}",
                                           f"evaluate.out_dir={ev}", "threads=1", only],
                      [f"finetune-{name}"], ev / "results.json")]
