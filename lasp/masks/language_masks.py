@@ -6,8 +6,8 @@ A mask set on disk is a directory (the format: :mod:`lasp.masks.store`)::
                                        sparsity per language, scorer, data, packing; per language: what made
                                        it (``provenance``), its file's sha256 and kept count, checked on every
                                        load; the codec and files (``storage``)
-    masks-core.<digest>.safetensors    the weights every language keeps, stored once
-    masks.<lang>.<digest>.safetensors  what the language keeps beyond them
+    masks-core.<digest>.safetensors    the weights most languages keep, stored once
+    masks.<lang>.<digest>.safetensors  where the language's mask differs from them
 
 Masks stay bit-packed in memory (1 bit per weight, layout of :mod:`lasp.masks.bits`)
 and are unpacked only when a language's boolean masks are asked for, so many
@@ -292,7 +292,7 @@ class LanguageMasks:
                 if old["parameters"] != config["parameters"]:
                     raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
                 kept_old = [lang for lang in old["languages"] if lang not in packed]
-                if kept_old:  # the core is every language's: the kept languages are re-coded against the new one
+                if kept_old:  # the core is the whole set's: the kept languages are re-coded against the new one
                     previous = LanguageMasks.load(directory, kept_old)
                     packed.update({lang: previous.packed(lang) for lang in kept_old})
                 _merge_old(config, old)
