@@ -73,7 +73,7 @@ def format_storage(table: dict) -> str:
     for e in table["codecs"].values():
         load = e.get("load_seconds")
         shown = f"{1000 * sum(load.values()) / len(load):.1f} ms (mean)" if load else "–"
-        core = "a majority (stored)" if e["core_kept_by"] == "majority" else "every language"
+        core = "a majority" if e["core_kept_by"] == "majority" else "every language"
         lines.append(f"| {e['codec']} | {core} | {_mib(e['alone_per_language'])} | {_mib(e['core'])} | "
                      f"{_mib(sum(e['deltas'].values()) / n)} | {_mib(e['total'])} | {_mib(e['per_language'])} | "
                      f"{e['bits_per_weight']:.3f} | {shown} |")

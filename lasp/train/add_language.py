@@ -151,8 +151,9 @@ def _freeze_for(system: System, lang: str, rule: str, earlier: list[str], freeze
     if rule == "exclusive":
         for p in wrapper.targets.values():
             p.requires_grad_(True)
-        system.keep_fixed = {name: bits.to(p.device) for (name, bits), p in
-                             zip(wrapper.masks.union_bits(earlier).items(), wrapper.targets.values())}
+        targets = wrapper.targets
+        system.keep_fixed = {name: bits.to(targets[name].device)
+                             for name, bits in wrapper.masks.union_bits(earlier).items() if name in targets}
     for other in system.added.languages:
         for _, p in system.added.parameters_of(other):
             p.requires_grad_(other == lang)
@@ -170,8 +171,8 @@ def _extended(system: System, masks: LanguageMasks, lang: str, tokens: Vocabular
                   MaskedModel(system.model, masks, target_modules=exact_patterns(targets), mode=mode), added)
 
 
-def _pretrain_inside(cfg: RecipeConfig, source: Path, system: System, lang: str, rule: str, earlier: list[str],
-                     out: Path, info, normalize: bool, progress: bool) -> None:
+def _pretrain_inside(cfg: RecipeConfig, source: Path, system: System, lang: str, rule: str, out: Path, info,
+                     normalize: bool, progress: bool) -> None:
     """Language-adaptive pre-training of ``lang`` inside its mask under ``rule``; its encoder weights are then
     copied into the CTC system (only the weights the rule let train differ)."""
     if rule == "adapter":
@@ -181,12 +182,13 @@ def _pretrain_inside(cfg: RecipeConfig, source: Path, system: System, lang: str,
     model = load_model(str(source), head="pretraining", **cfg.model.overrides).to(info.device)
     model.config.diversity_loss_weight = p.diversity_weight
     with torch.no_grad():  # the encoder as the CTC system has it now
-        model.wav2vec2.load_state_dict(system.model.wav2vec2.state_dict())
+        model.base_model.load_state_dict(system.model.base_model.state_dict())
     wrapper = MaskedModel(model, system.wrapper.masks, target_modules=exact_patterns(system.wrapper.targets),
                           mode=system.wrapper.mode)
     psys = System("lasp", model, wrapper)
-    for name, q in model.named_parameters():
-        q.requires_grad_(rule == "shared" or not name.startswith("wav2vec2."))  # quantizer and projections train
+    encoder = {id(q) for q in model.base_model.parameters()}
+    for q in model.parameters():
+        q.requires_grad_(rule == "shared" or id(q) not in encoder)  # the quantizer and projections train
     if rule == "exclusive":
         for q in wrapper.targets.values():
             q.requires_grad_(True)
@@ -200,7 +202,7 @@ def _pretrain_inside(cfg: RecipeConfig, source: Path, system: System, lang: str,
                run_dir=out / "pretrain", info=info, on_step_start=on_step_start,
                desc=f"add-language pretrain[{lang}]", progress=progress)
     with torch.no_grad():
-        system.model.wav2vec2.load_state_dict(model.wav2vec2.state_dict())
+        system.model.base_model.load_state_dict(model.base_model.state_dict())
 
 
 def add_language(run: str | os.PathLike, lang: str, train: str | os.PathLike, out: str | os.PathLike, *,
@@ -236,7 +238,7 @@ def add_language(run: str | os.PathLike, lang: str, train: str | os.PathLike, ou
     system = _extended(system, masks, lang, tokens, head, rule, cfg.adapters.dim, record)
     _freeze_for(system, lang, rule, earlier, f.freeze_feature_encoder)
     if cfg.extra["add_language"].pretrain:
-        _pretrain_inside(cfg, source, system, lang, rule, earlier, out, info, normalize, progress)
+        _pretrain_inside(cfg, source, system, lang, rule, out, info, normalize, progress)
 
     dataset = make_dataset(cfg.data, utts, tokens)
     sampler = make_sampler(cfg.data, dataset, cfg.seed, mixed=False)
