@@ -226,8 +226,8 @@ def format_report(summary: dict, cont: ContinualConfig, command: str) -> str:
 
 
 def write_continual_report(cfg, cont: ContinualConfig, run_dirs: Sequence[Path], stage_cfgs,
-                           wall_total: float | None = None) -> Path:
-    """``run.report`` (markdown) and ``continual.json`` beside it."""
+                           wall_total: float | None = None, command: str = "lasp run RECIPE") -> Path:
+    """``run.report`` (markdown, opening with ``command``) and ``continual.json`` beside it."""
     settings = cfg.extra["run"]
     summary = continual_summary(run_dirs, cont)
     if wall_total is not None:
@@ -235,5 +235,5 @@ def write_continual_report(cfg, cont: ContinualConfig, run_dirs: Sequence[Path],
     report = Path(settings.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     write_json(summary, report.parent / "continual.json")
-    atomic_write(report, format_report(summary, cont, f"lasp run RECIPE  # output_dir: {cfg.output_dir}"))
+    atomic_write(report, format_report(summary, cont, command))
     return report

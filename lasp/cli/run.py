@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from lasp.cli.preflight import check_output_dir, check_output_file
 from lasp.cli.recipe import add_explain, print_explain
@@ -15,6 +16,11 @@ DEFAULT_RECIPE = "demo"
 def _load(args: argparse.Namespace):
     recipe = args.recipe or demo_recipe_path()
     return load_recipe(recipe, args.overrides)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The `lasp run` command line a report opens with."""
+    return shlex.join(["lasp", "run", str(args.recipe or demo_recipe_path()), *args.overrides])
 
 
 def _check_outputs(cfg) -> None:
@@ -34,7 +40,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.fresh:
         clean(cfg)
     if "continual" in cfg.extra:  # train on some languages, then add the others one at a time
-        run_continual(cfg)
+        run_continual(cfg, command=_command(args))
     else:
         run(cfg)
     return 0
@@ -45,7 +51,7 @@ def report_command(args: argparse.Namespace) -> int:
         return print_explain()
     cfg = _load(args)
     if "continual" in cfg.extra:
-        print(continual_report_from_outputs(cfg))
+        print(continual_report_from_outputs(cfg, command=_command(args)))
     else:
         print(report_from_outputs(cfg))  # every seed's report and the seed summary with run.seeds
     return 0

@@ -128,8 +128,9 @@ def _prepare(seed_cfg: RecipeConfig) -> tuple[RecipeConfig, list[Job]]:
     return stage_cfg, plan_continual(stage_cfg, settings, cont, recipe)
 
 
-def run_continual(cfg: RecipeConfig, progress: bool = True) -> Path:
-    """Run the continual experiment of ``cfg`` (every seed of run.seeds) and write its report; returns its path."""
+def run_continual(cfg: RecipeConfig, progress: bool = True, command: str = "lasp run RECIPE") -> Path:
+    """Run the continual experiment of ``cfg`` (every seed of run.seeds) and write its report (opening with
+    ``command``, the command line that ran it); returns its path."""
     settings = run_settings(cfg)
     cont = continual_settings(cfg, settings)
     t0 = time.monotonic()
@@ -152,12 +153,12 @@ def run_continual(cfg: RecipeConfig, progress: bool = True) -> Path:
         (seed_out / "stage_times.json").write_text(json.dumps(_merge_times(seed_out / "stage_times.json", mine),
                                                               indent=2))
     report = write_continual_report(cfg, cont, [Path(c.output_dir) for c in runs], stage_cfgs,
-                                    wall_total=time.monotonic() - t0)
+                                    wall_total=time.monotonic() - t0, command=command)
     print(f"report: {report}", flush=True)
     return report
 
 
-def continual_report_from_outputs(cfg: RecipeConfig) -> Path:
+def continual_report_from_outputs(cfg: RecipeConfig, command: str = "lasp run RECIPE") -> Path:
     """`lasp report` of a continual recipe: the report from whatever stages have finished."""
     settings = run_settings(cfg)
     cont = continual_settings(cfg, settings)
@@ -168,4 +169,4 @@ def continual_report_from_outputs(cfg: RecipeConfig) -> Path:
         if not path.is_file():
             raise ConfigError(f"{path}: missing; `lasp run` has not started in output_dir {cfg.output_dir} yet")
         stage_cfgs.append(load_recipe(path))
-    return write_continual_report(cfg, cont, [Path(c.output_dir) for c in runs], stage_cfgs)
+    return write_continual_report(cfg, cont, [Path(c.output_dir) for c in runs], stage_cfgs, command=command)
