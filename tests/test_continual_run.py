@@ -55,3 +55,35 @@ def test_toy_continual_run_end_to_end(tmp_path, monkeypatch):
                                                 "MMS adapter, same frozen system", "rule off (shared weights train)"}
     assert "every CER change is exactly 0 and every hypothesis string is unchanged" in report
     assert "| ru | lasp addition |" in report and "Extra bytes per added language" in report
+
+
+def _eval_dir(path: Path, hyps: dict[str, list[str]], refs: dict[str, list[str]]) -> None:
+    from lasp.train.evaluate import score
+
+    path.mkdir(parents=True)
+    results = {"languages": {}}
+    for lang, hs in hyps.items():
+        (path / f"recogs-{lang}.txt").write_text("".join(f"{lang}{i}\t{r}\t{h}\n" for i, (r, h) in
+                                                         enumerate(zip(refs[lang], hs))), encoding="utf-8")
+        results["languages"][lang] = score(refs[lang], hs)
+    (path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+
+
+def test_report_counts_every_changed_hypothesis(tmp_path):
+    """Backward transfer from the evaluation folders: a changed hypothesis of an earlier language is reported, and
+    its CER change enters the backward transfer."""
+    from lasp.analysis.continual import continual_summary
+    from lasp.config.schema import ContinualConfig
+
+    refs = {"es": ["la casa", "el perro", "una mesa"], "de": ["das haus", "der hund", "ein tisch"],
+            "ru": ["дом", "собака", "стол"]}
+    first = {"es": ["la casa", "el pero", "una mesa"], "de": ["das haus", "der hund", "ein tisch"]}
+    _eval_dir(tmp_path / "eval-first", first, refs)
+    _eval_dir(tmp_path / "add-1-ru" / "eval", {**first, "de": ["das haus", "der hunt", "ein tisch"],
+                                               "ru": ["дом", "собак", "стол"]}, refs)
+    summary = continual_summary([tmp_path], ContinualConfig(first=["es", "de"], add=["ru"], control=False))
+    moved = {b["language"]: (b["change"], b["same_hypotheses"]) for b in summary["backward"]}
+    assert moved["es"] == (0.0, True)
+    assert moved["de"][0] > 0 and moved["de"][1] is False
+    assert summary["backward_transfer"] == pytest.approx(moved["de"][0] / 2)
+    assert summary["table"]["+ru"]["ru"]["cer"] == pytest.approx(1 / 13)  # one deletion in 13 reference chars
