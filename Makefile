@@ -55,7 +55,7 @@ GPU_PYTHON ?= python3
 GPU_WHEELS ?= .gpu-wheels
 GPU_WHEELS_MAX_MIB ?= 60
 # what `make gpu-install` asks for by name; pip adds the listed dependencies from the folder
-GPU_PACKAGES := jiwer soundfile soxr torch-pruning datasets espeakng-loader pytest
+GPU_PACKAGES := jiwer soundfile soxr torch-pruning datasets espeakng-loader zstandard pytest
 GPU_PINS := \
 	jiwer==4.0.0 rapidfuzz==3.14.6 \
 	soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
@@ -63,6 +63,7 @@ GPU_PINS := \
 	torch-pruning==1.6.1 \
 	datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 \
 	espeakng-loader==0.2.4 \
+	zstandard==0.25.0 \
 	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
 # fsspec and pytest are there in case the machine's own fail datasets' cap (fsspec<=2026.9.0) or are missing;
 # pip keeps an installed version that satisfies the requirement and leaves the wheel unused.

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lasp.search.methods import search_masks
     from lasp.search.pruning import make_language_masks, prune
     from lasp.search.scoring import score_language
+    from lasp.train.add_language import add_language, remove_language
 
 _EXPORTS = {
     "ConfinedOptimizer": "lasp.masked.confine",
@@ -32,6 +33,8 @@ _EXPORTS = {
     "prune": "lasp.search.pruning",
     "score_language": "lasp.search.scoring",
     "search_masks": "lasp.search.methods",
+    "add_language": "lasp.train.add_language",
+    "remove_language": "lasp.train.add_language",
 }
 
 __all__ = ["ConfinedOptimizer", "LanguageMasks", "MaskedModel", "System", "build_system", "load_model",

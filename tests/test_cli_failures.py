@@ -177,10 +177,10 @@ def test_full_disk_reported_by_a_compiled_writer(tmp_path, recipe, capsys, monke
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
                               'message: "No space left on device" })')
 
-    monkeypatch.setattr("lasp.masks.language_masks.save_file", write)
+    monkeypatch.setattr("lasp.masks.store.save_file", write)
     monkeypatch.setattr("lasp.train.pretrain.pretrain", lambda cfg: random_masks.save(out))
     rc = main(["pretrain", str(recipe)])
-    one_line_error(capsys, rc, str(out / "masks.es.safetensors"), "No space left on device", "disk is full")
+    one_line_error(capsys, rc, str(out / "masks-core."), "No space left on device", "disk is full")
     assert sorted(p.name for p in out.iterdir()) == []  # no partial mask file, no config naming one
 
 

@@ -1,12 +1,13 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from lasp.errors import MaskError
 from lasp.masks.language_masks import LanguageMasks
-from lasp.masks.store import mask_file_name
+from lasp.masks.store import language_file, stored_bytes
 from lasp.models.load import load_model
 
 
@@ -18,16 +19,19 @@ def test_save_load_bit_exact_and_size(random_masks, tmp_path):
     for lang in random_masks.languages:
         for name, mask in random_masks[lang].items():
             assert torch.equal(loaded[lang][name], mask)
-        size = os.path.getsize(tmp_path / mask_file_name(lang))
+    # at most about one bit per weight per file: the core (kept by all) and each language's delta
+    sizes = stored_bytes(tmp_path)
+    for size in [sizes["core"], *sizes["languages"].values()]:
         assert size <= 1.05 * random_masks.numel() / 8 + 4096
     config = json.loads((tmp_path / "mask_config.json").read_text())
-    assert config["format_version"] == 1 and config["packing"]["bits_per_weight"] == 1
+    assert config["format_version"] == 2 and config["packing"]["bits_per_weight"] == 1
+    assert config["storage"]["layout"] == "core+delta" and config["storage"]["codec"] == "zstd"
     assert set(config["sparsity"]) == {"es", "de", "ru"}
 
 
 def test_load_reads_only_requested_languages(random_masks, tmp_path):
     random_masks.save(tmp_path)
-    os.remove(tmp_path / mask_file_name("ru"))  # would fail if it were read
+    os.remove(language_file(tmp_path, "ru"))  # would fail if it were read
     masks = LanguageMasks.load(tmp_path, languages=["de"])
     assert masks.languages == ["de"]
     assert masks.metadata["available_languages"] == ["es", "de", "ru"]
@@ -43,13 +47,16 @@ def test_unknown_language_names_it_and_lists_known(random_masks, tmp_path):
 
 def test_truncated_or_corrupt_file(random_masks, tmp_path):
     random_masks.save(tmp_path)
-    path = tmp_path / mask_file_name("de")
+    path = Path(language_file(tmp_path, "de"))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MaskError, match=r"masks\.de\.safetensors: corrupt"):
+    with pytest.raises(MaskError, match=r"masks\.de\.\w+\.safetensors: corrupt"):
         LanguageMasks.load(tmp_path, languages=["de"])
+    config = json.loads((tmp_path / "mask_config.json").read_text())
+    del config["checksums"]  # past the checksum: the file itself is unreadable
+    (tmp_path / "mask_config.json").write_text(json.dumps(config))
     path.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(MaskError, match=r"masks\.de\.safetensors: corrupt"):
+    with pytest.raises(MaskError, match=r"masks\.de\.\w+\.safetensors: corrupt or truncated"):
         LanguageMasks.load(tmp_path, languages=["de"])
     (tmp_path / "mask_config.json").write_text("{broken")
     with pytest.raises(MaskError, match="mask_config.json: cannot read"):

@@ -18,9 +18,10 @@ memory), so real XLSR-53 shapes cost nothing:
 * **LoRA** — rank-r updates of the same target modules lasp masks, counted by
   peft's ``get_nb_trainable_parameters()`` when peft is installed, else r·(in+out)
   per target Linear; the ``source`` column says which;
-* **lasp masks** — no new weights: one bit per targeted weight per language (as
-  stored, bit-packed); with a mask set, also the weights unique to one language
-  and the weights shared by all.
+* **lasp masks** — no new weights: one bit per targeted weight per language
+  (bit-packed, raw); with a mask set, also as lasp stores it (the weights every
+  language keeps once plus each language's delta, coded: :mod:`lasp.masks.store`),
+  the weights unique to one language and the weights shared by all.
 
 Stored bytes assume ``bytes_per_param`` per weight (4 = fp32).
 """
@@ -42,6 +43,9 @@ from lasp.analysis.tables import format_table, human_bytes, human_count, write_c
 from lasp.errors import ConfigError, MaskError
 from lasp.io import atomic_write
 from lasp.masks.bits import packed_shape
+from lasp.masks.codecs import DEFAULT_CODEC
+from lasp.masks.language_masks import LanguageMasks
+from lasp.masks.store import coded_sizes
 from lasp.masks.targets import canonical_parameters, owner_module, select_targets
 from lasp.models.layout import model_dir
 from lasp.models.load import PRESETS, is_preset, preset_config
@@ -263,11 +267,31 @@ def parameter_table(model_name_or_config: Any, n_languages: int | None = None, m
         langs = len(stats.languages)
         source += f"; unique/shared from the mask set ({langs} languages)"
     rows.append(_row("lasp masks", "1 bit/weight", n, backbone, 0, mask_bytes, bpp, backbone, source, **extra))
+    if masks is not None:
+        rows.append(_coded_row(masks, n, backbone, bpp, extra))
     if heads:
         head = heads[0]
         rows.append(_row("CTC head", f"vocab {head['vocab_size']}", n, 0, head["head"], head["head"] * bpp, bpp,
                          backbone, "lm_head of Wav2Vec2ForCTC: per language in MMS; shared by the other methods"))
     return rows
+
+
+def _coded_row(masks: Any, n: int, backbone: int, bpp: int, extra: dict) -> dict[str, Any]:
+    """The mask set as lasp stores it: the weights most languages keep once, each language's delta, coded
+    (:mod:`lasp.masks.store`); per language = the whole set's coded bits over its languages."""
+    if not isinstance(masks, LanguageMasks):
+        masks = LanguageMasks.from_dense(masks)
+    packed = {lang: masks.packed(lang) for lang in masks.languages}
+    # what a save writes: the majority core, or none when that codes smaller (lasp.masks.store)
+    sizes = min((coded_sizes(packed, DEFAULT_CODEC, core) for core in ("majority", "none")),
+                key=lambda s: s["core"] + sum(s["deltas"].values()))
+    total = sizes["core"] + sum(sizes["deltas"].values())
+    per_language = round(total / len(masks))
+    source = (f"stored as a core ({sizes['core']:,} B) + per-language deltas "
+              f"({round(sum(sizes['deltas'].values()) / len(masks)):,} B mean), {DEFAULT_CODEC}; "
+              f"{8 * per_language / masks.numel():.3f} bits/weight/language on this set")
+    return _row("lasp masks", f"core + deltas, {DEFAULT_CODEC}", n, backbone, 0, per_language, bpp, backbone,
+                source, **extra)
 
 
 def display_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:

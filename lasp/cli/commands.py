@@ -7,7 +7,8 @@ from __future__ import annotations
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "import corpora, synthesize the demo corpus, inspect manifests"),
-    "masks": ("masks", "make, inspect and compare mask sets (prune, info, overlap)"),
+    "masks": ("masks", "make, inspect, compare and combine mask sets (prune, info, overlap, size, union, "
+                       "intersection, difference, exclusive)"),
     "pretrain": ("train", "continued wav2vec 2.0 pre-training (shared or language-adaptive)"),
     "finetune": ("train", "multilingual CTC fine-tuning (shared, lasp, random masks or adapters)"),
     "evaluate": ("train", "greedy CTC decoding; per-language CER/WER files"),
@@ -15,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "the whole pipeline: corpus, base model, masks, language-adaptive pre-training, fine-tuning "
                    "and evaluation of every system, report"),
     "report": ("run", "(re)write the report of a `lasp run` from its stage outputs"),
+    "add-language": ("continual", "add a language to a trained masked system, leaving every other language's "
+                                  "outputs bit-identical (its own mask weights and output layer)"),
+    "remove-language": ("continual", "drop a language from a trained masked system; the others are unchanged"),
     "export": ("export", "write one language of a fine-tuned system as a plain Wav2Vec2ForCTC with its tokenizer "
                          "and feature extractor (loads in transformers without lasp)"),
     "params": ("params", "parameter and storage cost of N languages: lasp masks vs adapters, LoRA and "

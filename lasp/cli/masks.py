@@ -1,16 +1,19 @@
-"""`lasp masks prune | info | overlap`: make a mask set, see what it holds, measure how much its languages share."""
+"""`lasp masks prune | info | overlap | size | union | intersection | difference | exclusive`: make a mask set, see
+what it holds, measure how much its languages share and what it costs on disk, and combine its masks."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 
+from lasp.analysis.mask_storage import format_storage, storage_table
 from lasp.analysis.overlap_report import overlap_analysis, specificity_summary
 from lasp.analysis.stability import format_stability, search_stability
 from lasp.analysis.tables import write_json
 from lasp.cli.options import add_existing_flags, add_explain, print_explain
 from lasp.config.recipe import load_recipe
 from lasp.errors import ConfigError
+from lasp.masks.codecs import CODECS
 from lasp.masks.language_masks import LanguageMasks
 from lasp.search.checks import check_prune_request
 from lasp.search.methods import prune_to_dir
@@ -98,6 +101,55 @@ def overlap_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _codes(text: str | None, option: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+def size_command(args: argparse.Namespace) -> int:
+    masks = LanguageMasks.load(args.mask_dir, languages=_codes(args.languages, "--languages") or None)
+    codecs = _codes(args.codecs, "--codecs") or list(CODECS)
+    unknown = [c for c in codecs if c not in CODECS]
+    if unknown:
+        raise ConfigError(f"--codecs: unknown codec {unknown[0]!r}; choose from {', '.join(CODECS)}")
+    table = storage_table(masks, codecs, load_times=not args.no_load_times)
+    print(f"mask set {args.mask_dir}")
+    print(format_storage(table))
+    if args.json:
+        print(f"wrote {write_json({'mask_dir': args.mask_dir, **table}, args.json)}")
+    return 0
+
+
+def set_operation_command(args: argparse.Namespace) -> int:
+    """union / intersection / difference / exclusive: count the result, and write it as a one-mask set."""
+    op = args.masks_command
+    langs = _codes(getattr(args, "langs", None), "--langs")
+    if op in ("union", "intersection", "difference") and not langs:
+        raise ConfigError(f"lasp masks {op} needs --langs a,b,...")
+    masks = LanguageMasks.load(args.mask_dir)
+    if op == "union":
+        result, what = masks.union(langs), " ∪ ".join(langs)
+    elif op == "intersection":
+        result, what = masks.intersection(langs), " ∩ ".join(langs)
+    elif op == "difference":
+        minus = _codes(args.minus, "--minus")
+        if not minus:
+            raise ConfigError("lasp masks difference needs --minus c,d,... (the languages taken away)")
+        result, what = masks.difference(langs, minus), f"({' ∪ '.join(langs)}) \\ ({' ∪ '.join(minus)})"
+    else:
+        result = masks.exclusive(args.lang)
+        what = f"{args.lang} only (no other language of the set keeps them)"
+    kept = masks.count(result)
+    print(f"{what}: {kept:,} of {masks.numel():,} masked weights (density {kept / max(masks.numel(), 1):.4f})")
+    if args.out:
+        name = args.name or op
+        derived = LanguageMasks.from_dense({name: result}, base_model=masks.metadata.get("base_model"),
+                                           scorer=f"{op} of a mask set",
+                                           extra={"derived_from": args.mask_dir, "operation": what})
+        derived.save(args.out, mode="new")
+        print(f"wrote {args.out} (one mask, named {name!r})")
+    return 0
+
+
 def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     msub = p.add_subparsers(dest="masks_command", metavar="ACTION")
@@ -143,6 +195,32 @@ def register(sub, name: str, help_text: str) -> None:
     info.add_argument("mask_dir")
     info.add_argument("--languages", help="comma-separated subset to load")
     info.set_defaults(handler=masks_info)
+
+    z = msub.add_parser("size", help="bytes on disk per codec (each language alone vs a shared core plus deltas) "
+                                     "and the time to load one language")
+    z.add_argument("mask_dir")
+    z.add_argument("--languages", help="comma-separated subset to measure")
+    z.add_argument("--codecs", help=f"comma-separated, from {', '.join(CODECS)} (default: all)")
+    z.add_argument("--no-load-times", action="store_true", help="bytes only (no temporary sets written)")
+    z.add_argument("--json", help="also write the numbers to this JSON file")
+    z.set_defaults(handler=size_command)
+
+    for op, text in (("union", "weights kept by any of --langs"),
+                     ("intersection", "weights kept by every one of --langs"),
+                     ("difference", "weights kept by --langs (any) and by none of --minus"),
+                     ("exclusive", "weights only --lang keeps (no other language of the set)")):
+        q = msub.add_parser(op, help=text, description=f"{text}: counted, and with --out written as a mask set "
+                                                       "holding that one mask")
+        q.add_argument("mask_dir")
+        if op == "exclusive":
+            q.add_argument("--lang", required=True)
+        else:
+            q.add_argument("--langs", help="comma-separated languages")
+        if op == "difference":
+            q.add_argument("--minus", help="comma-separated languages taken away")
+        q.add_argument("--out", help="write the result here as a one-mask set")
+        q.add_argument("--name", help=f"the result's name in that set (a language-code-like name; default {op})")
+        q.set_defaults(handler=set_operation_command)
 
     o = msub.add_parser("overlap", help="how much language masks share: IoU, LaSS overlap, clustering, plots")
     o.add_argument("mask_dir", help="mask-set directory (mask_config.json + masks.<lang>.safetensors)")

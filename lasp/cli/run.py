@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from lasp.cli.options import add_explain, print_explain
 from lasp.cli.preflight import check_output_dir, check_output_file
 from lasp.config.recipe import load_recipe
 from lasp.run import runner
+from lasp.run.continual import continual_report_from_outputs, run_continual
 
 
 def _load(args: argparse.Namespace):
     recipe = args.recipe or runner.demo_recipe_path()
     return load_recipe(recipe, args.overrides)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The `lasp run` command line a report opens with."""
+    return shlex.join(["lasp", "run", str(args.recipe or runner.demo_recipe_path()), *args.overrides])
 
 
 def _check_outputs(cfg) -> None:
@@ -27,14 +34,21 @@ def run_command(args: argparse.Namespace) -> int:
         return print_explain()
     cfg = _load(args)
     _check_outputs(cfg)
-    runner.run(cfg, fresh=args.fresh)
+    if cfg.continual is not None:  # train on some languages, then add the others one at a time
+        run_continual(cfg, fresh=args.fresh, command=_command(args))
+    else:
+        runner.run(cfg, fresh=args.fresh)
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     if args.explain:
         return print_explain()
-    print(runner.report_from_outputs(_load(args)))  # every seed's report and the seed summary with run.seeds
+    cfg = _load(args)
+    if cfg.continual is not None:
+        print(continual_report_from_outputs(cfg, command=_command(args)))
+    else:
+        print(runner.report_from_outputs(cfg))  # every seed's report and the seed summary with run.seeds
     return 0
 
 

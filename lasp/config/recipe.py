@@ -21,6 +21,8 @@ import yaml
 from lasp.config.checks import check_config
 from lasp.config.schema import (  # noqa: F401  (re-exported: the public schema)
     SYSTEMS,
+    AddLanguageConfig,
+    ContinualConfig,
     AdapterConfig,
     DataConfig,
     EvaluateConfig,
@@ -40,6 +42,8 @@ from lasp.io import atomic_write
 
 # a recipe names its data; a file far larger than any recipe would take minutes and gigabytes to parse
 MAX_RECIPE_BYTES = 1 << 20
+# sections a recipe may leave out (None), read by the commands named in their help
+OPTIONAL_SECTIONS = ("run", "add_language", "continual")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -271,11 +275,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML-ready mapping of a config. A recipe without a run section has no ``run`` key: the stage
-    recipes `lasp run` writes stay what they were before the section was typed."""
+    """A plain, YAML-ready mapping of a config. The optional sections a recipe does not have (run, add_language,
+    continual) are left out: the stage recipes `lasp run` writes stay what they were before they were typed."""
     out = dataclasses.asdict(cfg)
-    if isinstance(cfg, RecipeConfig) and cfg.run is None:
-        del out["run"]
+    if isinstance(cfg, RecipeConfig):
+        for name in OPTIONAL_SECTIONS:
+            if getattr(cfg, name) is None:
+                del out[name]
     return out
 
 

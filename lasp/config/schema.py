@@ -217,6 +217,42 @@ class RunConfig:
 
 
 @dataclass
+class AddLanguageConfig:
+    """What a language added to a trained masked system trains (`lasp add-language`)."""
+
+    rule: Literal["exclusive", "adapter", "shared"] = field(default="exclusive", metadata={
+        "help": "what an added language trains: exclusive (its mask's weights no earlier language keeps + its "
+                "own head; the others stay bit-identical), adapter (MMS adapters on its frozen sub-network + its "
+                "head), shared (its whole mask, unmasked weights, head: the control, changes the others)"})
+    # the quantizer is trained from its initial values when the system has none (a fine-tuned CTC system)
+    pretrain: bool = field(default=False, metadata={
+        "help": "pre-train the new language inside its mask (pretrain.* settings) before fine-tuning it"})
+
+
+@dataclass
+class ContinualConfig:
+    """The continual experiment (`lasp run` with this section): a lasp system trained on the ``first``
+    languages, then every language of ``add`` added to it one at a time, against joint training of all languages
+    from the start and an MMS adapter added to the same frozen system (run.languages lists them all)."""
+
+    first: list[str] = field(default_factory=list, metadata={
+        "help": "languages the first system is trained on jointly (all of them in run.languages)"})
+    add: list[str] = field(default_factory=list, metadata={
+        "help": "languages added afterwards with `lasp add-language`, one at a time in this order"})
+    add_steps: int = field(default=350, metadata={
+        "help": "fine-tuning steps of each addition (learning rate and schedule: finetune.optim)"})
+    add_pretrain: bool = field(default=False, metadata={
+        "help": "pre-train each addition inside its mask first (add_language.pretrain)"})
+    control: bool = field(default=True, metadata={
+        "help": "also add the first of `add` with add_language.rule=shared: what the rule prevents"})
+    base_on_first: bool = field(default=True, metadata={
+        "help": "pre-train the base model on the first languages only (the added ones are new to it)"})
+    pretrain: bool = field(default=True, metadata={
+        "help": "language-adaptive pre-training of the first and the joint systems before fine-tuning; false "
+                "fine-tunes both straight from the base (the additions never pre-train unless add_pretrain)"})
+
+
+@dataclass
 class RecipeConfig:
     """A lasp recipe: top-level settings and one section per stage (and, for `lasp run`, the comparison)."""
 
@@ -246,3 +282,8 @@ class RecipeConfig:
     # optional: a recipe without it is a recipe for the stage commands only, and `lasp run` says so
     run: RunConfig | None = field(default=None, metadata={
         "help": "the whole comparison (`lasp run`, `lasp report`); other commands ignore it"})
+    add_language: AddLanguageConfig | None = field(default=None, metadata={
+        "help": "what a language added to a trained masked system trains (`lasp add-language`); null: the "
+                "defaults"})
+    continual: ContinualConfig | None = field(default=None, metadata={
+        "help": "the continual experiment (`lasp run` with this section): train on some languages, add the rest"})

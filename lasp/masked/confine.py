@@ -19,6 +19,10 @@ inner step and a bitwise restore outside the union afterwards (correct for every
 S is every language whose forward ran with gradients since the last ``zero_grad`` (gradient accumulation over
 micro-batches of different languages; evaluation under ``no_grad`` does not count), or the active selection
 when none did, plus ``languages`` when given (under DDP: all ranks').
+
+``fixed`` (packed bits per target) names weights no step may change even inside the union: adding a language
+to a trained system holds every weight an earlier language keeps, so the new language trains only its mask's
+weights that no other language reads.
 """
 from __future__ import annotations
 
@@ -159,9 +163,12 @@ def _masked_adamw_group(items: list[tuple], lr: float, beta1: float, beta2: floa
 class ConfinedOptimizer:
     """Wrap a ``torch.optim.Optimizer`` so that its steps respect the language masks (see module docstring)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, masked_model: MaskedModel):
+    def __init__(self, optimizer: torch.optim.Optimizer, masked_model: MaskedModel,
+                 fixed: dict[str, torch.Tensor] | None = None):
         self.optimizer = optimizer
         self.masked_model = masked_model
+        self.fixed = fixed
+        self._allowed: dict[tuple, dict[str, torch.Tensor]] = {}
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self._targets = {n: p for n, p in masked_model.targets.items() if id(p) in in_optimizer}
         self.fused = masked_adamw_supported(optimizer)
@@ -184,10 +191,19 @@ class ConfinedOptimizer:
         self.masked_model.languages_since_reset(reset=True)
         if not langs:
             return self.optimizer.step(closure)
-        union = self.masked_model.union_bits(langs)
+        union = self._updatable(langs)
         if self.fused:
             return self._fused_step(closure, union)
         return self._snapshot_step(closure, union)
+
+    def _updatable(self, langs: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The packed bits a step on ``langs`` may change: their union, less the ``fixed`` weights."""
+        union = self.masked_model.union_bits(langs)
+        if self.fixed is None:
+            return union
+        if langs not in self._allowed:
+            self._allowed[langs] = {name: bits & ~self.fixed[name].to(bits.device) for name, bits in union.items()}
+        return self._allowed[langs]
 
     def _fused_step(self, closure, union: dict[str, torch.Tensor]):
         loss = None

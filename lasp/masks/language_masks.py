@@ -1,17 +1,17 @@
 """LanguageMasks: one boolean mask per language over named model parameters.
 
-A mask set on disk is a directory::
+A mask set on disk is a directory (the format: :mod:`lasp.masks.store`)::
 
-    mask_config.json            format version, base model, languages, parameter
-                                names and shapes, sparsity per language, scorer,
-                                data, packing; per language: what made it
-                                (``provenance``), the file's sha256 and the kept
-                                count, checked on every load
-    masks.<lang>.safetensors    bit-packed uint8 tensors keyed by parameter name
+    mask_config.json                   format version, base model, languages, parameter names and shapes,
+                                       sparsity per language, scorer, data, packing; per language: what made
+                                       it (``provenance``), its file's sha256 and kept count, checked on every
+                                       load; the codec and files (``storage``)
+    masks-core.<digest>.safetensors    the weights most languages keep, stored once
+    masks.<lang>.<digest>.safetensors  where the language's mask differs from them
 
 Masks stay bit-packed in memory (1 bit per weight, layout of :mod:`lasp.masks.bits`)
 and are unpacked only when a language's boolean masks are asked for, so many
-languages can be resident at once. Loading one language reads one file.
+languages can be resident at once. Loading one language reads the core and its file.
 """
 from __future__ import annotations
 
@@ -19,18 +19,18 @@ import os
 from typing import Iterable, Mapping
 
 import torch
-from safetensors.torch import save_file
 
 from lasp import __version__
 from lasp.masks.bits import intersection_packed, iou_packed, pack_bits, packed_shape, popcount, union_packed, unpack_bits
 from lasp.errors import MaskError
 from lasp.locks import locked
-from lasp.io import atomic_path, atomic_write_json, sha256_file
+from lasp.masks.codecs import DEFAULT_CODEC
 from lasp.masks.provenance import legacy_record, mask_record
 from lasp.masks.targets import canonical_parameters
 
 from lasp.masks.store import (CONFIG_NAME, FORMAT, FORMAT_VERSION, _check_counts, _check_language_code, _merge_old,
-                              _read_config, _read_tensors, check_mask_dir, mask_file_name)
+                              _read_config, check_mask_dir, commit_set, files_of, read_core, read_language,
+                              recover_interrupted_save, write_set)
 
 
 class LanguageMasks:
@@ -157,6 +157,20 @@ class LanguageMasks:
     def subset(self, languages: Iterable[str]) -> "LanguageMasks":
         return LanguageMasks({l: self._require(l) for l in languages}, self._shapes, self.metadata)
 
+    def merged(self, other: "LanguageMasks") -> "LanguageMasks":
+        """This set's languages followed by ``other``'s (each keeps its own provenance record); a language in
+        both, or masks over other parameters, is an error."""
+        if other.shapes != self._shapes:
+            raise MaskError("cannot merge mask sets over different parameters")
+        both = [l for l in other.languages if l in self._packed]
+        if both:
+            raise MaskError(f"language {both[0]!r} is in both mask sets")
+        records = {**self.records(), **other.records()}
+        meta = {**self.metadata, "provenance": records}
+        meta.pop("available_languages", None)
+        packed = {**{l: self._packed[l] for l in self.languages}, **{l: other.packed(l) for l in other.languages}}
+        return LanguageMasks(packed, self._shapes, meta)
+
     # ------------------------------------------------------------------ statistics
     def kept(self, lang: str) -> int:
         return sum(popcount(p) for p in self._require(lang).values())
@@ -191,6 +205,37 @@ class LanguageMasks:
     def shared_by_all(self) -> dict[str, torch.Tensor]:
         return self.intersection(self.languages)
 
+    def difference(self, a: str | Iterable[str], b: str | Iterable[str]) -> dict[str, torch.Tensor]:
+        """Weights kept by ``a`` (a language, or the union of several) and by none of ``b``."""
+        return {name: unpack_bits(bits, self._shapes[name]) for name, bits in self.difference_bits(a, b).items()}
+
+    def exclusive(self, lang: str, others: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Weights only ``lang`` keeps: its mask minus every other language's (or minus ``others``')."""
+        others = [l for l in (self.languages if others is None else others) if l != lang]
+        if not others:
+            return self[lang]
+        return self.difference(lang, others)
+
+    def union_bits(self, languages: Iterable[str]) -> dict[str, torch.Tensor]:
+        """``∪ M_l`` over ``languages`` as packed bits (the layout of :mod:`lasp.masks.bits`)."""
+        languages = list(languages)
+        if not languages:
+            raise MaskError("set operation over an empty list of languages")
+        return {name: union_packed([self._require(l)[name] for l in languages]) for name in self._shapes}
+
+    def difference_bits(self, a: str | Iterable[str], b: str | Iterable[str]) -> dict[str, torch.Tensor]:
+        """:meth:`difference` as packed bits."""
+        plus = self.union_bits([a] if isinstance(a, str) else a)
+        b = [b] if isinstance(b, str) else list(b)
+        if not b:
+            return plus
+        minus = self.union_bits(b)
+        return {name: plus[name] & ~minus[name] for name in self._shapes}
+
+    def count(self, dense_or_bits: Mapping[str, torch.Tensor]) -> int:
+        """Set bits of a result of the set operations (bool tensors or packed bits)."""
+        return sum(int(t.sum()) if t.dtype == torch.bool else popcount(t) for t in dense_or_bits.values())
+
     def iou(self, a: str, b: str) -> float:
         """|A∧B| / |A∨B| over all parameters, counted on the packed bits (NaN if both are empty, as in
         lasp.analysis.overlap)."""
@@ -224,7 +269,7 @@ class LanguageMasks:
         records = self.records()
         meta = {k: v for k, v in self.metadata.items()
                 if k not in ("format", "format_version", "lasp_version", "provenance", "checksums", "kept",
-                             "available_languages", "verified_languages")}
+                             "available_languages", "verified_languages", "storage")}
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -235,48 +280,57 @@ class LanguageMasks:
             "sparsity": {lang: round(self.sparsity(lang), 6) for lang in self.languages},
             "kept": {lang: self.kept(lang) for lang in self.languages},
             "provenance": records,
-            "packing": {"dtype": "uint8", "axis": -1, "bitorder": "little", "bits_per_weight": 1,
-                        "file": "masks.<lang>.safetensors"},
+            "packing": {"dtype": "uint8", "axis": -1, "bitorder": "little", "bits_per_weight": 1},
         }
 
-    def save(self, directory: str | os.PathLike, mode: str = "merge") -> str:
-        """Write the mask set.
+    def save(self, directory: str | os.PathLike, mode: str = "merge", codec: str = DEFAULT_CODEC) -> str:
+        """Write the mask set (format of :mod:`lasp.masks.store`, bits coded by ``codec``).
 
         ``mode="merge"``: languages of an existing set there that this one does not have are kept, each with
         its own provenance record (set-wide fields become ``"mixed"`` where languages disagree);
         ``"new"``: refuse a folder that already holds a mask set. A folder with mask files but no config is
-        always refused. One writer at a time (a lock in the folder).
+        refused, unless an interrupted lasp save left them (they are removed first). One writer at a time (a
+        lock in the folder). The config is written last: a save that fails part-way leaves the set as it was.
         """
         if mode not in ("merge", "new"):
             raise MaskError(f"unknown save mode {mode!r}")
+        if not self.languages:
+            raise MaskError("a mask set needs at least one language")
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         with locked(directory, "mask set"):
             check_mask_dir(directory)
             config = self.config()
+            packed = {lang: self._packed[lang] for lang in self.languages}
             existing_path = os.path.join(directory, CONFIG_NAME)
+            replacing = []
             if os.path.isfile(existing_path):
                 old = _read_config(directory)
                 if mode == "new":
                     raise MaskError(f"{directory} already holds a mask set ({', '.join(old['languages'])})")
                 if old["parameters"] != config["parameters"]:
                     raise MaskError(f"{directory} holds masks over different parameters; choose another directory")
+                kept_old = [lang for lang in old["languages"] if lang not in packed]
+                if kept_old:  # the core is the whole set's: the kept languages are re-coded against the new one
+                    previous = LanguageMasks.load(directory, kept_old)
+                    packed.update({lang: previous.packed(lang) for lang in kept_old})
                 _merge_old(config, old)
-            config["checksums"] = dict(config.get("checksums", {}))
-            for lang in self.languages:
-                with atomic_path(os.path.join(directory, mask_file_name(lang))) as tmp:
-                    save_file({n: t.contiguous() for n, t in self._packed[lang].items()}, tmp,
-                              metadata={"format": FORMAT, "language": lang})
-                    config["checksums"][lang] = sha256_file(tmp)
-            atomic_write_json(existing_path, config)
+                replacing = files_of(old)
+            try:
+                config["storage"], config["checksums"] = write_set(directory, packed, codec, replacing)
+                commit_set(directory, config)
+            except BaseException:
+                recover_interrupted_save(directory)  # keeps what the config names: the old set, or the new one
+                raise
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, languages: Iterable[str] | None = None) -> "LanguageMasks":
-        """Read a mask set; only the files of ``languages`` (default: all) are opened.
+        """Read a mask set; only the core and the files of ``languages`` (default: all) are opened.
 
         Each file's sha256 and kept count are checked against ``mask_config.json`` (a changed byte is an
         error naming the file); every language name must be a plain code (it names a file in this folder).
+        Sets in format 1 (one file per language, no core) load as well.
         """
         directory = os.fspath(directory)
         config = _read_config(directory)
@@ -289,19 +343,16 @@ class LanguageMasks:
                 raise MaskError(f"unknown language {lang!r} in {directory}; it has: {', '.join(known)}")
         shapes = {name: tuple(shape) for name, shape in config["parameters"].items()}
         metadata = {k: v for k, v in config.items() if k not in ("languages", "parameters", "sparsity", "packing",
-                                                                  "checksums", "kept")}
+                                                                  "checksums", "kept", "storage")}
         metadata["provenance"] = {lang: (config.get("provenance") or {}).get(lang) or legacy_record(config, lang)
                                   for lang in known}
         metadata["available_languages"] = list(known)
         # sets written before checksums were recorded are read, not verified
         metadata["verified_languages"] = [l for l in wanted if (config.get("checksums") or {}).get(l)]
         masks = cls({}, shapes, metadata)
+        core = read_core(directory, config) if wanted else None
         for lang in wanted:
-            path = os.path.join(directory, mask_file_name(lang))
-            expected = (config.get("checksums") or {}).get(lang)
-            if expected is not None and os.path.isfile(path) and sha256_file(path) != expected:
-                raise MaskError(f"{path}: corrupt or changed: its sha256 differs from the one {CONFIG_NAME} "
-                                "records; restore the file or search this language's mask again")
-            masks._packed[lang] = masks._checked(lang, _read_tensors(path), where=path)
+            tensors, path = read_language(directory, config, lang, core)
+            masks._packed[lang] = masks._checked(lang, tensors, where=path)
             _check_counts(masks.kept(lang), masks.sparsity(lang), lang, config, path)
         return masks

@@ -29,7 +29,7 @@ from lasp.locks import LOCK_NAME, locked
 from lasp.masked.model import MaskedModel
 from lasp.models.adapters import LanguageAdapters
 from lasp.models.features import feature_normalization, save_feature_extractor
-from lasp.models.layout import SHARED_SUBDIR, model_dir
+from lasp.models.layout import system_dir_of
 from lasp.models.system import System
 
 EXPORT_RECORD = "lasp_export.json"  # what an export folder holds and which export wrote it
@@ -39,6 +39,8 @@ def language_model(system, lang: str) -> torch.nn.Module:
     """A plain Wav2Vec2ForCTC that computes what ``system`` computes for ``lang`` (a copy; system untouched)."""
     check_language(system, lang)
     wrapper = system.wrapper
+    if system.added is not None and lang in system.added:
+        return system.added.plain_model(lang, wrapper.merge_and_unload(lang))
     if isinstance(wrapper, MaskedModel):
         return wrapper.merge_and_unload(lang)
     if isinstance(wrapper, LanguageAdapters):
@@ -106,7 +108,7 @@ def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *,
     empty or new, or hold an earlier export: one that was stopped part-way is redone, a complete one is
     replaced with ``force`` (only the files it lists go). One export at a time per folder (a lock in it).
     """
-    system_dir = _system_dir(Path(run))
+    system_dir = system_dir_of(run)
     out_dir = Path(out_dir)
     _check_apart(out_dir, system_dir)
     if not (system_dir / "vocab.json").is_file():
@@ -119,7 +121,7 @@ def export_run(run: str | os.PathLike, lang: str, out_dir: str | os.PathLike, *,
         # written first: a folder with this record saying "complete": false is an export stopped part-way
         atomic_write_json(out_dir / EXPORT_RECORD, {"complete": False, "language": lang, "kept": sorted(kept)})
         try:
-            export_language(system, Vocabulary.load(system_dir), lang, out_dir,
+            export_language(system, system.vocabulary(lang, Vocabulary.load(system_dir)), lang, out_dir,
                             do_normalize=feature_normalization(system_dir))
         except Exception:
             _remove(out_dir, {e.name for e in out_dir.iterdir()} - kept - {LOCK_NAME})
@@ -179,8 +181,3 @@ def _remove(directory: Path, names: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _system_dir(run: Path) -> Path:
-    for candidate in (run, run / "final"):
-        if (model_dir(candidate) / "config.json").is_file():
-            return candidate
-    raise ConfigError(f"{run}: no trained system here (expected {run}/final/{SHARED_SUBDIR}/config.json)")

@@ -7,6 +7,8 @@
                            language's mask: no language was trained as this dense model.
       masks/               the mask set (lasp / random systems)
       adapters.*           per-language adapters (adapters system)
+      added/               languages added after training: each one's CTC head, vocabulary [and adapters]
+                           (:mod:`lasp.models.continual`); the joint head and vocab.json serve the others
       vocab.json           the CTC vocabulary (fine-tuned systems)
       <lang>/              one language exported as a plain Wav2Vec2ForCTC + processor (``lasp.models.export``)
 
@@ -25,6 +27,7 @@ from lasp.errors import ConfigError
 SYSTEM_FILE = "lasp_system.json"
 SHARED_SUBDIR = "shared"
 MASKS_SUBDIR = "masks"
+ADDED_SUBDIR = "added"
 LAYOUT_VERSION = 2
 
 
@@ -54,6 +57,15 @@ def model_dir(directory: str | os.PathLike) -> Path:
     if is_system_dir(directory):
         return directory / read_marker(directory).get("model", SHARED_SUBDIR)
     return directory
+
+
+def system_dir_of(run: str | os.PathLike) -> Path:
+    """The trained system of ``run``: ``run`` itself when it holds one, else its ``final/``."""
+    run = Path(run)
+    for candidate in (run, run / "final"):
+        if (model_dir(candidate) / "config.json").is_file():
+            return candidate
+    raise ConfigError(f"{run}: no trained system here (expected {run}/final/{SHARED_SUBDIR}/config.json)")
 
 
 def is_model_dir(directory: str | os.PathLike) -> bool:

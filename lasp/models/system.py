@@ -8,6 +8,8 @@
 A System exposes ``set_language(langs)``, calling it like the Hugging Face model, the parameters to optimise, a
 wrapped optimizer (confined for masked systems), the tensors a checkpoint holds, and
 ``save_pretrained(dir)`` / ``System.from_pretrained(dir)`` for the folder layout of :mod:`lasp.models.layout`.
+Languages added to a masked system after its training (``lasp add-language``) bring their own output layer and
+vocabulary: ``added`` (:mod:`lasp.models.continual`).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from lasp.io import atomic_write_json, ordinary_modes
 from lasp.masked.confine import ConfinedOptimizer
 from lasp.masked.model import MaskedModel
 from lasp.masks.language_masks import LanguageMasks
+from lasp.data.text import Vocabulary
 from lasp.models.adapters import ADAPTERS_CONFIG, LanguageAdapters
-from lasp.models.layout import LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE, read_marker
+from lasp.models.continual import AddedLanguages
+from lasp.models.layout import ADDED_SUBDIR, LAYOUT_VERSION, MASKS_SUBDIR, SHARED_SUBDIR, SYSTEM_FILE, read_marker
 from lasp.models.load import load_model
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 LEGACY_WRAPPER_CONFIG = "masked_model.json"
 
 
-def _exact(names: Sequence[str]) -> list[str]:
+def exact_patterns(names: Sequence[str]) -> list[str]:
     """Target regexes matching exactly these parameter names."""
     return [f"^{n.replace('.', '[.]')}$" for n in names]
 
@@ -44,11 +48,16 @@ class System:
     """``set_language`` then call it like the HF model; ``model`` is the HF model underneath, ``wrapper`` the
     :class:`MaskedModel` or :class:`LanguageAdapters` around it (None for the shared system)."""
 
-    def __init__(self, name: str, model: nn.Module, wrapper: nn.Module | None = None):
+    def __init__(self, name: str, model: nn.Module, wrapper: nn.Module | None = None,
+                 added: AddedLanguages | None = None):
         self.name = name
         self.model = model
         self.wrapper = wrapper
+        self.added = added
         self.replica: nn.Module | None = None  # what forward runs through when training distributes it (DDP)
+        # packed bits per target of weights no optimizer step may change (the earlier languages' weights while a
+        # language is added); None: the masks alone confine the steps
+        self.keep_fixed: dict[str, torch.Tensor] | None = None
 
     # -- running
     @property
@@ -64,9 +73,18 @@ class System:
     def set_language(self, langs: str | Sequence[str] | None) -> None:
         if self.wrapper is not None:
             self.wrapper.set_language(langs)
+        if self.added is not None:
+            self.added.set_language(langs)
 
     def __call__(self, **inputs):
-        return (self.replica or self.module)(**inputs)
+        runner = self.replica or self.module
+        if self.added is not None and self.added.active is not None:
+            return self.added.forward_ctc(runner, inputs)
+        return runner(**inputs)
+
+    def vocabulary(self, lang: str, joint: Vocabulary) -> Vocabulary:
+        """The vocabulary ``lang`` decodes with: its own for an added language, else ``joint`` (vocab.json)."""
+        return self.added.vocabulary(lang) if self.added is not None and lang in self.added else joint
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -78,11 +96,13 @@ class System:
         out = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if isinstance(self.wrapper, LanguageAdapters):
             out += [(f"adapters.{n}", p) for n, p in self.wrapper.adapters.named_parameters()]
+        if self.added is not None:
+            out += [(f"added.{n}", p) for n, p in self.added.tensors().items() if p.requires_grad]
         return out
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer):
         if isinstance(self.wrapper, MaskedModel):
-            return ConfinedOptimizer(optimizer, self.wrapper)
+            return ConfinedOptimizer(optimizer, self.wrapper, fixed=self.keep_fixed)
         return optimizer
 
     # -- checkpoint tensors (everything that trains; masks are fixed and saved once)
@@ -90,6 +110,8 @@ class System:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if isinstance(self.wrapper, LanguageAdapters):
             out.update({f"adapters.{k}": v for k, v in self.wrapper.adapters.state_dict().items()})
+        if self.added is not None:
+            out.update({f"added.{k}": v.detach() for k, v in self.added.tensors().items()})
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -100,6 +122,8 @@ class System:
         if isinstance(self.wrapper, LanguageAdapters):
             ad = {k[len("adapters."):]: v for k, v in tensors.items() if k.startswith("adapters.")}
             self.wrapper.adapters.load_state_dict(ad)
+        if self.added is not None:
+            self.added.load_tensors({k[len("added."):]: v for k, v in tensors.items() if k.startswith("added.")})
 
     # -- the folder
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -120,6 +144,9 @@ class System:
         elif isinstance(self.wrapper, LanguageAdapters):
             self.wrapper.save(directory)
             marker.update(adapters=ADAPTERS_CONFIG, languages=self.wrapper.languages)
+        if self.added is not None and self.added.languages:
+            self.added.save(directory / ADDED_SUBDIR)
+            marker.update(added=ADDED_SUBDIR)
         atomic_write_json(directory / SYSTEM_FILE, marker)  # written last: a folder without it is incomplete
         return directory
 
@@ -137,9 +164,10 @@ class System:
         model = load_model(str(directory / marker.get("model", SHARED_SUBDIR)), head=head).to(device)
         if marker.get("masks"):
             masks = LanguageMasks.load(directory / marker["masks"], marker.get("languages"))
-            targets = _exact(marker["targets"]) if marker.get("targets") else None
+            targets = exact_patterns(marker["targets"]) if marker.get("targets") else None
             wrapper = MaskedModel(model, masks, target_modules=targets, mode=marker.get("mode", "auto"))
-            return cls(name, model, wrapper)
+            added = AddedLanguages.load(model, directory / marker["added"]) if marker.get("added") else None
+            return cls(name, model, wrapper, added)
         if marker.get("adapters"):
             return cls(name, model, LanguageAdapters.load(model, directory))
         return cls(name, model)
@@ -158,7 +186,7 @@ class System:
             saved = json.loads(wrapper_config.read_text(encoding="utf-8"))
             mode = saved.get("mode", "auto")
             masks = LanguageMasks.load(directory / MASKS_SUBDIR, saved.get("languages"))
-            wrapper = MaskedModel(model, masks, target_modules=_exact(saved["targets"]),
+            wrapper = MaskedModel(model, masks, target_modules=exact_patterns(saved["targets"]),
                                   mode=mode if mode in ("auto", "cast", "reference") else "auto")
             return cls(marker["system"] if marker else "lasp", model, wrapper)
         if (directory / ADAPTERS_CONFIG).is_file():

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from lasp.config.recipe import load_recipe, save_recipe
 from lasp.config.schema import RecipeConfig, RunConfig
@@ -66,7 +67,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
         base, base_job = out / "base" / "final", ["base"]
         jobs = [Job("base", [*lasp, "pretrain", str(stage_recipe), "pretrain.system=shared",
                              f"pretrain.run_dir={base.parent}", f"pretrain.init={cfg.model.name}",
-                             f"pretrain.max_minutes={_override_value(settings.base_minutes)}",
+                             f"pretrain.max_minutes={override_value(settings.base_minutes)}",
                              f"pretrain.max_steps={settings.base_steps}",
                              f"threads={settings.base_threads}", "data.mixed=false"],
                     [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
@@ -75,7 +76,7 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
     variants = [(v, variant_config(cfg, v)) for v in settings.variants]
     if masked or any(reuses_lasp_masks(v, cfg, vcfg) for v, vcfg in variants):
         # the lasp masks (random masks copy their per-tensor density) are searched once, on the base model
-        jobs.append(_masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
+        jobs.append(masks_job("masks", cfg, stage_recipe, base, base_job, masks, settings))
     # adapters are a fine-tuning method: they start from the shared model (the base without a shared system)
     adapters_start = ((out / "pretrain-shared" / "final", ["pretrain-shared"]) if "shared" in settings.systems
                       else (base, base_job))
@@ -107,10 +108,10 @@ def plan_jobs(cfg: RecipeConfig, settings: RunConfig, stage_recipe: Path) -> lis
             vmasks, masks_job = out / f"masks-{variant.name}", f"masks-{variant.name}"
             if scored_on_shared(variant):
                 # scored through the fine-tuned shared system's CTC head, on the transcripts
-                jobs.append(_masks_job(masks_job, vcfg, recipe, out / "finetune-shared" / "final",
+                jobs.append(masks_job(masks_job, vcfg, recipe, out / "finetune-shared" / "final",
                                        ["finetune-shared"], vmasks, settings, head="ctc"))
             else:
-                jobs.append(_masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
+                jobs.append(masks_job(masks_job, vcfg, recipe, base, base_job, vmasks, settings))
         init, init_deps = base, [masks_job]
         if pretrains(variant):
             pretrain_dir = out / f"pretrain-{variant.name}"
@@ -134,7 +135,7 @@ def stage_kind(name: str) -> str:
     return name.rsplit("/", 1)[-1].split("-")[0]
 
 
-def _masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job: list[str], masks: Path,
+def masks_job(name: str, cfg: RecipeConfig, recipe: Path, base: Path, base_job: list[str], masks: Path,
                settings: RunConfig, head: str = "auto") -> Job:
     """``lasp prune`` of ``base`` by ``cfg``'s masks section (any method) into ``masks``; ``head``: the loss the
     gradient scorers use (auto: the pre-training loss on a base model)."""
@@ -167,7 +168,7 @@ def _finetune_jobs(name: str, system: str, cfg: RecipeConfig, recipe: Path, mask
                 [f"finetune-{name}"], eval_dir / "results.json")]
 
 
-def _override_value(value) -> str:
+def override_value(value) -> str:
     """``value`` as the YAML of a ``key=value`` override (None is ``null``)."""
     return "null" if value is None else str(value)
 
@@ -196,8 +197,8 @@ def prepare(cfg: RecipeConfig, settings: RunConfig, outputs: RunOutputs) -> tupl
 
 
 def stage_config(cfg: RecipeConfig, settings: RunConfig, manifests: dict[str, str]) -> RecipeConfig:
-    """The recipe every stage of one seed reads: ``cfg`` on the corpus ``manifests``, without the run section."""
-    stage_cfg = replace(cfg, run=None)
+    """The recipe every stage of one seed reads: ``cfg`` on the corpus ``manifests``, without the run and continual sections."""
+    stage_cfg = replace(cfg, run=None, continual=None)
     stage_cfg.data = replace(cfg.data, train=manifests["train"], test=manifests["test"],
                              valid=manifests.get("dev"), languages=list(settings.languages))
     return stage_cfg
@@ -230,10 +231,22 @@ def _prefixed(jobs: list[Job], prefix: str) -> list[Job]:
 def run(cfg: RecipeConfig, progress: bool = True, fresh: bool = False) -> Path:
     """Run the whole comparison described by ``cfg`` (once per seed of run.seeds) and return the report's path.
 
-    One `lasp run` at a time per output_dir (a lock in it, taken before anything is read or written there).
-    Every corpus is checked before anything is written; ``fresh`` then removes what an earlier `lasp run` made
-    in output_dir (:mod:`lasp.run.outputs`), and only that.
+    One `lasp run` at a time per output_dir; every corpus is checked before anything is written; ``fresh``
+    removes what an earlier `lasp run` made there, and only that (:func:`guarded_run`).
     """
+    return guarded_run(cfg, fresh, lambda runs, outputs, t0: _run(cfg, run_settings(cfg), runs, outputs, progress,
+                                                                  t0))
+
+
+# (every seed's recipe, what the run claims in output_dir, its start time) -> the report's path
+Experiment = Callable[[list[RecipeConfig], RunOutputs, float], Path]
+
+
+def guarded_run(cfg: RecipeConfig, fresh: bool, experiment: Experiment) -> Path:
+    """Run ``experiment`` over the seeds of ``cfg`` holding a lock on output_dir (taken before anything is read
+    or written there). Every corpus is checked before anything is written; ``fresh`` then removes what an earlier
+    `lasp run` made in output_dir (:mod:`lasp.run.outputs`), and only that. What the experiment makes there is
+    recorded as the run's, even when it fails part-way."""
     settings = run_settings(cfg)
     if base_is_checkpoint(cfg) and not Path(cfg.model.name).is_dir():
         raise ConfigError(f"model.name: {cfg.model.name!r} is neither a preset nor a local checkpoint directory")
@@ -248,7 +261,7 @@ def run(cfg: RecipeConfig, progress: bool = True, fresh: bool = False) -> Path:
             outputs.remove()
         before = outputs.snapshot()
         try:
-            return _run(cfg, settings, runs, outputs, progress, t0)
+            return experiment(runs, outputs, t0)
         finally:
             outputs.claim_new(before)
 
@@ -270,7 +283,7 @@ def _run(cfg: RecipeConfig, settings: RunConfig, runs: list[RecipeConfig], outpu
     for seed_cfg, stage_cfg, _ in prepared:
         seed_out, prefix = Path(seed_cfg.output_dir), f"seed-{seed_cfg.seed}/" if multi else ""
         mine = {k[len(prefix):]: v for k, v in walls.items() if k.startswith(prefix)}
-        atomic_write_json(seed_out / "stage_times.json", _merge_times(seed_out / "stage_times.json", mine))
+        atomic_write_json(seed_out / "stage_times.json", merge_times(seed_out / "stage_times.json", mine))
     report = write_reports(cfg, settings, [c for c, _, _ in prepared], [s for _, s, _ in prepared],
                            wall_total=time.monotonic() - t0)
     print(f"report: {report}", flush=True)
@@ -304,7 +317,7 @@ def report_from_outputs(cfg: RecipeConfig) -> Path:
     return write_reports(cfg, settings, seed_cfgs, stage_cfgs)
 
 
-def _merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
+def merge_times(path: Path, walls: dict[str, float]) -> dict[str, float]:
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update({k: round(v, 1) for k, v in walls.items()})
     return old

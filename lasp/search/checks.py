@@ -26,7 +26,7 @@ def check_prune_request(out: str, manifest: str, *, languages: Sequence[str] | N
     """
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} is a file; give a folder for the mask set")
-    check_mask_dir(out)
+    check_mask_dir(out, replace=existing == "replace")  # --force also clears a set whose save was killed
     has_set = os.path.isfile(os.path.join(out, CONFIG_NAME))
     if has_set and existing == "refuse":
         raise MaskError(f"--out {out} already holds a mask set; add --append to add (or replace) the languages "

@@ -109,6 +109,7 @@ def decode_language(system, loader, vocab, lang: str, device: torch.device, dtyp
     """(ids, references, hypotheses, unreadable rows) of the batches ``loader`` yields, through ``lang``
     (under autocast in ``dtype`` when given)."""
     ids, refs, hyps, unreadable = [], [], [], []
+    vocab = system.vocabulary(lang, vocab)  # a language added later decodes with its own
     system.set_language(lang)
     system.train(False)
     for batch in loader:

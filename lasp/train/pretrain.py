@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from lasp.config.recipe import RecipeConfig, stage_run_dir
+from lasp.config.recipe import PretrainConfig, RecipeConfig, stage_run_dir
 from lasp.models.features import feature_normalization
 from lasp.data.pipeline import make_dataset, make_sampler, pretrain_collator, read_split, recipe_loader
 from lasp.models.load import load_model
@@ -27,28 +27,10 @@ from lasp.train.setup import claim_run, export_final, resolve_masks, start_stage
 from lasp.models.system import System, build_system
 
 
-def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:
-    """Run the pre-training stage of ``cfg``; returns ``<run_dir>/final`` (model [+ masks])."""
-    p = cfg.pretrain
-    info = start_stage(cfg)
-    run_dir = stage_run_dir(cfg, "pretrain")
-    init = p.init or cfg.model.name
-    claim_run(cfg, "pretrain", run_dir, init, info)
-    model = load_model(init, head="pretraining", **cfg.model.overrides)
-    model.config.diversity_loss_weight = p.diversity_weight
-    model.to(info.device)
-
-    utts = read_split(cfg.data, "train")
-    dataset = make_dataset(cfg.data, utts)
-    checked_out = list(dataset.report().bad)  # rows dropped before training (decode-time skips come with batches)
-    languages = sorted(set(dataset.langs))
-    normalize = feature_normalization(init)
-
-    masks = resolve_masks(cfg, p.system, model, languages, run_dir, init, info, progress)
-    system = build_system(p.system, model, languages, masks=masks)
-    sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size)
-    loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
-    stream = LoaderStream(loader, sampler, device=info.device)
+def pretraining_objective(p: PretrainConfig, model, is_main: bool = True):
+    """(loss_fn, on_step_start, check_collapse) of wav2vec 2.0 pre-training for :func:`lasp.train.loop.train_loop`:
+    the contrastive + diversity loss with its logged parts, the Gumbel temperature schedule, and the warning
+    when the quantizer collapses (call ``check_collapse()`` once more after training)."""
     codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
     collapse = {"warned": False, "logged": None}
 
@@ -56,7 +38,7 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
         """Warn once when a logged step's perplexity fell below perplexity_warn × codebook. Called before the
         next step and after training: the device value is read when its step's backward has long been queued."""
         logged, collapse["logged"] = collapse["logged"], None
-        if logged is None or collapse["warned"] or not info.is_main:
+        if logged is None or collapse["warned"] or not is_main:
             return
         step, ppl = logged[0], float(logged[1])
         if ppl < p.perplexity_warn * codebook:
@@ -83,6 +65,32 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
             collapse["logged"] = (step, ppl)
         return loss, frames, metrics
 
+    return loss_fn, on_step_start, check_collapse
+
+
+def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool = True) -> Path:
+    """Run the pre-training stage of ``cfg``; returns ``<run_dir>/final`` (model [+ masks])."""
+    p = cfg.pretrain
+    info = start_stage(cfg)
+    run_dir = stage_run_dir(cfg, "pretrain")
+    init = p.init or cfg.model.name
+    claim_run(cfg, "pretrain", run_dir, init, info)
+    model = load_model(init, head="pretraining", **cfg.model.overrides)
+    model.config.diversity_loss_weight = p.diversity_weight
+    model.to(info.device)
+
+    utts = read_split(cfg.data, "train")
+    dataset = make_dataset(cfg.data, utts)
+    checked_out = list(dataset.report().bad)  # rows dropped before training (decode-time skips come with batches)
+    languages = sorted(set(dataset.langs))
+    normalize = feature_normalization(init)
+
+    masks = resolve_masks(cfg, p.system, model, languages, run_dir, init, info, progress)
+    system = build_system(p.system, model, languages, masks=masks)
+    sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size)
+    loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
+    stream = LoaderStream(loader, sampler, device=info.device)
+    loss_fn, on_step_start, check_collapse = pretraining_objective(p, model, info.is_main)
     if info.is_main and progress:
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=p, run_dir=run_dir, info=info,

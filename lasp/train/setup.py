@@ -47,14 +47,15 @@ def _is_mask_dir(path: str | Path | None) -> bool:
     return bool(path) and (Path(path) / CONFIG_NAME).is_file()
 
 
-def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.DistInfo) -> None:
+def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.DistInfo,
+              extra: dict | None = None) -> None:
     """Become the one writer of ``run_dir`` and check the recipe against the one the run started with.
 
     The lock stays until the process ends (the training loop and the final export run under it). Resuming a
     run (it has checkpoints and ``resume`` is on) with changed recipe keys or data is an error listing them,
     except the keys ``<stage>.resume_allow`` names. ``resume=false`` starts the run over: what an earlier run
     made in ``run_dir`` goes first, so that the two never mix. The recipe is recorded in ``<run_dir>/run.json``.
-    Call it before anything is written into ``run_dir``.
+    Call it before anything is written into ``run_dir``. ``extra``: more recipe sections the run depends on.
     """
     sc = getattr(cfg, stage)
     if info.is_main:
@@ -66,7 +67,7 @@ def claim_run(cfg: RecipeConfig, stage: str, run_dir: Path, init: str, info: D.D
     D.wait_for_main(info)
     ckpts = checkpoint_dir(run_dir)
     resuming = sc.resume and ckpts.is_dir() and any(ckpts.glob("step-*"))
-    recipe = stage_recipe(config_to_dict(cfg), stage, sc.system, init)
+    recipe = {**stage_recipe(config_to_dict(cfg), stage, sc.system, init), **(extra or {})}
     allow = [full_key(a, stage, RECIPE_SECTIONS) for a in sc.resume_allow]
     check_run_record(run_dir, stage, recipe, allow, resuming, write=info.is_main)
 
@@ -208,7 +209,7 @@ def _export_languages(system: System, directory: Path, languages: Sequence[str],
         weights = directory / SHARED_SUBDIR / "model.safetensors"
         weights = weights if system.wrapper is None and weights.is_file() else None
         for lang in languages:
-            export_language(system, vocab, lang, directory / lang, do_normalize=normalize, weights=weights)
+            export_language(system, system.vocabulary(lang, vocab), lang, directory / lang, do_normalize=normalize, weights=weights)
     except ConfigError as err:  # adapters on a post-norm encoder: the system itself is still saved and usable
         print(f"{directory.parent.name}/final: per-language exports skipped ({err})")
         for lang in languages:
