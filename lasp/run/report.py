@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from lasp.analysis import format_markdown, overlap_analysis, parameter_table
 from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.io import atomic_write
@@ -41,19 +43,27 @@ def _fmt(value, digits: int = 3) -> str:
 
 def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[str, dict[str, dict]]:
     results = {s: _read_json(out / f"eval-{s}" / "results.json") for s in systems}
-    header = "| system | " + " | ".join(f"{l} CER / WER" for l in languages) + " | **macro CER** | macro WER |"
-    lines = [header, "|" + "---|" * (len(languages) + 3)]
+    header = ("| system | " + " | ".join(f"{l} CER / WER" for l in languages)
+              + " | **macro CER** | macro WER | worst-language CER | CER std across languages |")
+    lines = [header, "|" + "---|" * (len(languages) + 5)]
     for s in systems:
         r = results[s]
         if r is None:
-            lines.append(f"| {s} | " + " | ".join("–" for _ in languages) + " | – | – |")
+            lines.append(f"| {s} | " + " | ".join("–" for _ in languages) + " | – | – | – | – |")
             continue
         cells = []
         for lang in languages:
             m = r["languages"].get(lang)
             cells.append(f"{_fmt(m['cer'])} / {_fmt(m['wer'])}" if m else "–")
+        # ML-SUPERB 2.0's figures beside the mean: the worst language, and the population std over the languages
+        cers = [r["languages"][lang]["cer"] for lang in languages if lang in r["languages"]]
+        worst = max(cers) if cers else None
+        worst_lang = next((lang for lang in languages if lang in r["languages"]
+                           and r["languages"][lang]["cer"] == worst), "")
+        spread = float(np.std(cers)) if cers else None
         lines.append(f"| {s} | " + " | ".join(cells)
-                     + f" | **{_fmt(r['macro']['cer'])}** | {_fmt(r['macro']['wer'])} |")
+                     + f" | **{_fmt(r['macro']['cer'])}** | {_fmt(r['macro']['wer'])} | {_fmt(worst)} ({worst_lang}) "
+                       f"| {_fmt(spread)} |")
     return "\n".join(lines), results
 
 

@@ -7,6 +7,8 @@ Patterns:
   unstructured   any weights
   n:m            n kept in every group of m consecutive weights along the input
                  dimension (2:4 is what sparse tensor cores run)
+A layer profile (``layer_sparsity``) gives each encoder layer its own sparsity; the scope then applies within
+each layer.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from tqdm.auto import tqdm
 
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
-from lasp.search.config import check_sparsity, parse_pattern
+from lasp.masks.targets import layer_index
+from lasp.search.config import check_sparsity, depth_profile, parse_pattern
 from lasp.search.scoring import score_language
 
 SCOPES = ("per-tensor", "global")
@@ -48,10 +51,27 @@ def prune(
     sparsity: float | None,
     scope: str = "per-tensor",
     pattern: str = "unstructured",
+    layer_sparsity: list[float] | None = None,
+    num_layers: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep the highest-scoring weights: ``{name: bool mask}`` of the same shapes."""
+    """Keep the highest-scoring weights: ``{name: bool mask}`` of the same shapes.
+
+    ``layer_sparsity``: a profile over the ``num_layers`` encoder layers (:func:`depth_profile`; default: as many
+    layers as the names show); each layer's tensors are pruned to its value, other tensors to ``sparsity``.
+    """
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if layer_sparsity:
+        layers = {n: layer_index(n) for n in scores}
+        found = [i for i in layers.values() if i is not None]
+        per_layer = depth_profile(layer_sparsity, num_layers or (max(found) + 1 if found else 1))
+        groups: dict[int | None, dict[str, torch.Tensor]] = {}
+        for n, s in scores.items():
+            groups.setdefault(layers[n], {})[n] = s
+        out = {}
+        for layer, group in groups.items():
+            out.update(prune(group, sparsity if layer is None else per_layer[layer], scope, pattern))
+        return {n: out[n] for n in scores}
     nm = parse_pattern(pattern)
     sparsity = check_sparsity(sparsity, nm)
     scores = {n: s.detach().float().cpu() for n, s in scores.items()}
@@ -85,6 +105,7 @@ def make_language_masks(
     base_model: str | None = None,
     data: str | None = None,
     progress: bool = True,
+    layer_sparsity: list[float] | None = None,
 ) -> LanguageMasks:
     """Score every language in turn on the shared model and prune each to a mask.
 
@@ -101,11 +122,13 @@ def make_language_masks(
         scores = score_language(model, batches_by_lang[lang], scorer=scorer, targets=targets,
                                 max_batches=max_batches, seed=seed, lang=lang, progress=progress, stats=stats)
         skipped[lang] = stats.get("skipped_nonfinite", 0)
-        dense[lang] = prune(scores, s, scope=scope, pattern=pattern)
+        dense[lang] = prune(scores, s, scope=scope, pattern=pattern, layer_sparsity=layer_sparsity,
+                            num_layers=getattr(getattr(model, "config", None), "num_hidden_layers", None))
         per_lang[lang] = s
         del scores
     return LanguageMasks.from_dense(
         dense, base_model=base_model, scorer=scorer, data=data, sparsity=per_lang,
-        extra={"scope": scope, "pattern": pattern, "batches_per_language": max_batches, "seed": seed,
+        extra={"scope": scope, "pattern": pattern, "layer_sparsity": list(layer_sparsity) if layer_sparsity else None,
+               "batches_per_language": max_batches, "seed": seed,
                "targets": list(targets) if targets else "default", "skipped_nonfinite": skipped},
     )

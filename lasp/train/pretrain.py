@@ -50,7 +50,16 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     codebook = model.config.num_codevector_groups * model.config.num_codevectors_per_group
     collapse = {"warned": False}
 
+    about = dict(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
+
+    def keep(step: int) -> None:
+        """The model after ``step`` steps as at-step-<step>/; the folder is written once (a resume passing the
+        step again finds it)."""
+        if step in p.keep_at and info.is_main and not (run_dir / f"at-step-{step}").is_dir():
+            export_final(system, run_dir, cfg, {**about, "step": step}, name=f"at-step-{step}")
+
     def on_step_start(step: int) -> None:
+        keep(step)  # before the step runs: the weights are those after `step` steps
         model.set_gumbel_temperature(gumbel_temperature(step, p.gumbel_max, p.gumbel_min, p.gumbel_decay))
 
     def loss_fn(sys: System, batch: Batch, step: int):
@@ -75,7 +84,8 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     final = run_dir / "final"
     if info.is_main:
         summary = result.as_dict()
-        summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
+        summary.update(about)
         final = export_final(system, run_dir, cfg, summary)
+        keep(result.step)
     D.barrier(info)
     return final
