@@ -19,6 +19,7 @@ from lasp.io import atomic_write
 from lasp.masks.language_masks import LanguageMasks
 from lasp.run.inputs import base_is_checkpoint, corpus_kind
 from lasp.run.seeds import report_link, specificity_rows, spread_sentence, variants_section
+from lasp.run.signal import SIGNAL_FILE, signal_rows
 
 SYSTEM_NOTES = {
     "shared": "one model, every language updates every weight",
@@ -237,6 +238,7 @@ def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: 
         parts += ["## Intervals (one seed: utterances and languages resampled)", "", summary.markdown, ""]
         parts += variants_section(summary, cfg, settings, report)
         parts += specificity_rows([out], [cfg], settings)
+    parts += signal_rows([_read_json(out / SIGNAL_FILE) or {}], [cfg.seed])
     parts += coverage_section(results, manifests, languages)
     parts += ["## Training", "", training_table(out, systems, stage_times), ""]
     if wall_total is not None:
@@ -289,6 +291,7 @@ def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: lis
         parts += [f"![CER per language with 95 % intervals]({figure})", ""]
     parts += variants_section(summary, first, settings, report)
     parts += specificity_rows(run_dirs, stage_cfgs, settings)
+    parts += signal_rows([_read_json(d / SIGNAL_FILE) or {} for d in run_dirs], [c.seed for c in stage_cfgs])
     parts += [f"The numbers: `{report_link(summary.files['json'], report)}` (the seed-to-seed spread a single-seed "
               "report quotes with run.spread_from).", ""]
     if wall_total is not None:
