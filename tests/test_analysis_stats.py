@@ -264,3 +264,37 @@ def test_cer_vs_sparsity_plot(tmp_path):
     path = plot_cer_vs_sparsity(rows, tmp_path / "cer_vs_sparsity.png")
     assert path == str(tmp_path / "cer_vs_sparsity.png")
     assert (tmp_path / "cer_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _scores(cers_by_seed: dict, chars: int = 100) -> dict:
+    """One utterance per language with the given CER (edits out of ``chars`` characters)."""
+    return {s: {lang: LanguageScores([f"{lang}-0"], np.array([round(c * chars)]), np.array([chars]))
+                for lang, c in cers.items()} for s, cers in cers_by_seed.items()}
+
+
+def test_worst_language_cer_and_cer_spread_against_hand_computed_values():
+    from lasp.analysis.stats import cer_interval
+
+    langs = ["es", "pt", "tr"]
+    a = _scores({0: {"es": 0.20, "pt": 0.50, "tr": 0.30}, 1: {"es": 0.10, "pt": 0.20, "tr": 0.60}})
+    b = _scores({0: {"es": 0.30, "pt": 0.40, "tr": 0.40}, 1: {"es": 0.20, "pt": 0.30, "tr": 0.30}})
+    agg = aggregate(a, langs)
+    # worst language: 0.5 (pt) in seed 0, 0.6 (tr) in seed 1; spread: population std of the three CERs
+    assert agg["worst"]["per_seed"] == pytest.approx([0.5, 0.6]) and agg["worst_language"] == ["pt", "tr"]
+    spread = [math.sqrt(((0.2 - 1 / 3) ** 2 + (0.5 - 1 / 3) ** 2 + (0.3 - 1 / 3) ** 2) / 3),
+              math.sqrt(((0.1 - 0.3) ** 2 + (0.2 - 0.3) ** 2 + (0.6 - 0.3) ** 2) / 3)]
+    assert agg["spread"]["per_seed"] == pytest.approx(spread)
+    assert agg["worst"]["mean"] == pytest.approx(0.55) and agg["spread"]["mean"] == pytest.approx(sum(spread) / 2)
+    mean, low, high = cer_interval(a, langs, statistic="worst", n_boot=300)
+    # one utterance per cell: only the seeds vary, so the interval runs from one seed's figure to the other's
+    assert mean == pytest.approx(0.55) and (low, high) == pytest.approx((0.5, 0.6))
+    c = compare(a, b, langs, names=("lasp", "shared"), statistic="worst", n_boot=300)
+    assert c.difference == pytest.approx(0.55 - 0.35) and c.statistic == "worst"   # b: 0.4 and 0.3
+    assert (c.low, c.high) == pytest.approx((0.1, 0.3))  # seed 0: 0.5 − 0.4, seed 1: 0.6 − 0.3
+    s = compare(a, b, langs, statistic="spread", n_boot=300)
+    b_spread = [float(np.std([0.3, 0.4, 0.4])), float(np.std([0.2, 0.3, 0.3]))]
+    assert s.difference == pytest.approx(sum(spread) / 2 - sum(b_spread) / 2)
+    # macro CER is unchanged by the new figures
+    assert compare(a, b, langs, n_boot=300).difference == pytest.approx((1 / 3 + 0.3) / 2 - (1.1 / 3 + 0.8 / 3) / 2)
+    with pytest.raises(ValueError, match="unknown statistic 'median'"):
+        compare(a, b, langs, statistic="median")

@@ -179,3 +179,47 @@ def test_make_language_masks_records_metadata(tiny_ctc):
     for lang in masks.languages:
         assert masks.sparsity(lang) == pytest.approx(0.5, abs=1e-3)
     assert masks.iou("es", "de") < 1.0
+
+
+def _layer_density(masks, layer):
+    kept = [m for n, m in masks.items() if f"layers.{layer}." in n]
+    return sum(int(m.sum()) for m in kept) / sum(m.numel() for m in kept)
+
+
+@pytest.mark.parametrize("scope", ["per-tensor", "global"])
+def test_a_layer_profile_gives_each_layer_its_requested_sparsity(scope):
+    torch.manual_seed(0)
+    names = [f"encoder.layers.{i}.{kind}.weight" for i in range(4) for kind in ("attention.q_proj", "fc")]
+    scores = {n: torch.rand(8, 10) for n in names}
+    scores["encoder.feature_projection.projection.weight"] = torch.rand(6, 10)
+    # three values over four layers: 0.8 at the first layer, 0.2 in the middle, 0.6 at the last, linear between
+    masks = prune(scores, 0.5, scope=scope, layer_sparsity=[0.8, 0.2, 0.6])
+    wanted = [0.8, 0.8 - 0.6 * 2 / 3, 0.2 + 0.4 * 1 / 3, 0.6]
+    for layer, sparsity in enumerate(wanted):
+        assert _layer_density(masks, layer) == pytest.approx(1 - sparsity, abs=1 / 80)
+    assert masks["encoder.feature_projection.projection.weight"].float().mean() == pytest.approx(0.5)
+    # within a layer the scope still decides: per-tensor prunes every tensor of layer 0 to 0.8 itself
+    if scope == "per-tensor":
+        assert all(int(m.sum()) == 16 for n, m in masks.items() if "layers.0." in n)
+
+
+def test_a_profile_of_one_value_per_layer_is_used_as_given_and_recorded(tiny_ctc):
+    masks = make_language_masks(tiny_ctc, {"es": None, "de": None}, scorer="random", sparsity=0.5,
+                                layer_sparsity=[0.25, 0.75], seed=0, progress=False)
+    dense = masks["es"]
+    assert _layer_density(dense, 0) == pytest.approx(0.75, abs=1e-3)
+    assert _layer_density(dense, 1) == pytest.approx(0.25, abs=1e-3)
+    assert masks.metadata["layer_sparsity"] == [0.25, 0.75]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"layer_sparsity": [0.3, 1.0]}, r"masks.layer_sparsity'\[1\] must be in \[0, 1\)"),
+    ({"layer_sparsity": []}, "layer_sparsity' is empty"),
+    ({"layer_sparsity": [0.3, 0.7], "method": "lass"}, "applies to masks.method oneshot"),
+    ({"layer_sparsity": [0.3, 0.7], "pattern": "2:4", "sparsity": 0.5}, "with pattern unstructured, not oneshot with 2:4"),
+])
+def test_bad_layer_profiles_are_named_when_the_recipe_loads(overrides, message):
+    from lasp.search.config import MaskConfig
+
+    with pytest.raises(ConfigError, match=message):
+        MaskConfig(**overrides).check()

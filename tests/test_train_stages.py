@@ -109,3 +109,31 @@ def test_imp_mask_search_and_cli_round_trip(tmp_path, corpus, capsys):
     assert "(error rates as fractions)" in out and f"to {tmp_path / 'runs' / 'finetune-lasp' / 'eval'}" in out
     for lang, r in results["languages"].items():
         assert f"{lang:<8}{r['cer']:>8.4f}{r['wer']:>8.4f}" in out
+
+
+def test_a_model_kept_at_a_step_equals_a_run_that_stops_there(tmp_path, corpus):
+    """What the base-strength axis of `lasp run` rests on: with a schedule and a Gumbel decay that do not depend on
+    max_steps, the model kept at step 2 of a longer run, a 2-step run, and a run continued to 4 steps agree."""
+    from lasp.train.pretrain import pretrain
+
+    common = ("pretrain.system=shared", "pretrain.optim.warmup_steps=3", "pretrain.gumbel_decay=0.9",
+              "pretrain.ckpt_every=1000")
+    long = pretrain(fast_recipe(tmp_path / "long", corpus, *common, "pretrain.max_steps=4", "pretrain.keep_at=[2]"),
+                    progress=False)
+    short = pretrain(fast_recipe(tmp_path / "short", corpus, *common, "pretrain.max_steps=2"), progress=False)
+    for steps in (2, 4):  # one run continued: 2 steps, then on to 4 (what `lasp run` chains per strength)
+        continued = pretrain(fast_recipe(tmp_path / "continued", corpus, *common, f"pretrain.max_steps={steps}",
+                                         "pretrain.keep_at=[2, 4]", "pretrain.resume_allow=[max_steps]"),
+                             progress=False)
+
+    def weights(folder):
+        return load_file(str(folder / "shared" / "model.safetensors"))
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    at_2 = weights(long.parent / "at-step-2")
+    assert same(at_2, weights(short)) and same(at_2, weights(continued.parent / "at-step-2"))
+    assert same(weights(long), weights(continued)) and same(weights(long), weights(continued.parent / "at-step-4"))
+    assert not same(at_2, weights(long))
+    assert json.loads((long.parent / "at-step-2" / "train_summary.json").read_text())["step"] == 2

@@ -189,3 +189,28 @@ def plot_cer_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_against_strength(panels: Mapping[str, Mapping[str, Sequence[Sequence[float]]]], xlabel: str,
+                          path: str | os.PathLike) -> str:
+    """One panel per title, one line per series of (x, y, low, high) points, error bars from low/high; x on a
+    log scale (base-model steps grow geometrically); a dashed line at 0."""
+    fig = Figure(figsize=(6 * max(1, len(panels)), 4))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items()):
+        for i, (name, points) in enumerate(series.items()):
+            pts = sorted(points)
+            # a small sideways factor per series keeps error bars at the same x from hiding each other
+            xs = np.array([p[0] for p in pts], dtype=float) * (1 + 0.03 * (i - (len(series) - 1) / 2))
+            ys = np.array([p[1] for p in pts], dtype=float)
+            err = np.vstack([np.clip(ys - [p[2] for p in pts], 0, None), np.clip(np.array([p[3] for p in pts]) - ys,
+                                                                                 0, None)])
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+        ax.axhline(0.0, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    return _save(fig, path)

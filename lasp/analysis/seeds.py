@@ -29,6 +29,10 @@ from lasp.io import atomic_write
 CLAIMS = (("lasp", "shared", "lasp < shared"), ("lasp", "random", "lasp < random"),
           ("lasp", "adapters", "lasp vs adapters"))
 EVAL_DIR = "eval-{system}"   # where `lasp run` puts each system's evaluation
+# ML-SUPERB 2.0 reports, besides the mean CER over languages, the worst language's CER and the standard deviation
+# of CER across languages (lasp.analysis.stats.STATISTICS)
+SUPERB_FIGURES = ("worst", "spread")
+SUPERB_NAMES = {"worst": "worst-language CER", "spread": "CER std across languages"}
 
 
 @dataclass
@@ -80,6 +84,9 @@ class SeedSummary:
     n_boot: int
     markdown: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    # ML-SUPERB 2.0's figures: system → {"worst" | "spread": (mean, low, high)}, and every claim judged on them
+    superb: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    superb_comparisons: list[Comparison] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"seeds": self.seeds, "runs": self.runs, "languages": self.languages, "systems": self.systems,
@@ -87,7 +94,8 @@ class SeedSummary:
                 "intervals": {s: {l: list(v) for l, v in iv.items()} for s, iv in self.intervals.items()},
                 "macro_intervals": {s: list(v) for s, v in self.macro_intervals.items()},
                 "comparisons": [c.as_dict() for c in self.comparisons], "n_boot": self.n_boot,
-                "files": self.files}
+                "superb": {s: {k: list(v) for k, v in f.items()} for s, f in self.superb.items()},
+                "superb_comparisons": [c.as_dict() for c in self.superb_comparisons], "files": self.files}
 
 
 def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str] | None = None,
@@ -127,7 +135,9 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
     intervals = {s: {lang: cer_interval(per_system[s], lang, n_boot=n_boot, seed=seed) for lang in languages}
                  for s in names}
     macro_intervals = {s: cer_interval(per_system[s], languages, n_boot=n_boot, seed=seed) for s in names}
-    comparisons = []
+    superb = {s: {f: cer_interval(per_system[s], languages, n_boot=n_boot, seed=seed, statistic=f)
+                  for f in SUPERB_FIGURES} for s in names}
+    comparisons, superb_comparisons = [], []
     scopes = [("all", languages)] + (list(by_group.items()) if len(by_group) > 1 else [])
     for system, baseline, *label in claims:
         if system not in per_system or baseline not in per_system:
@@ -135,8 +145,12 @@ def seed_summary(run_dirs: Sequence[str | os.PathLike], *, systems: Sequence[str
         for scope, langs in scopes:
             comparisons.append(compare(per_system[system], per_system[baseline], langs, names=(system, baseline),
                                        scope=scope, n_boot=n_boot, seed=seed, label="".join(label)))
+        # the worst language (a low-resource one, where there are any) and the gap between languages
+        superb_comparisons += [compare(per_system[system], per_system[baseline], languages, names=(system, baseline),
+                                       n_boot=n_boot, seed=seed, label="".join(label), statistic=f)
+                               for f in SUPERB_FIGURES]
     summary = SeedSummary(seeds, [str(r.path) for r in runs], languages, names, by_group, aggregates, intervals,
-                          macro_intervals, comparisons, n_boot)
+                          macro_intervals, comparisons, n_boot, superb=superb, superb_comparisons=superb_comparisons)
     summary.markdown = format_seed_markdown(summary)
     if out_dir is not None:
         summary.files = _write(summary, Path(out_dir), plots)
@@ -174,7 +188,34 @@ def format_seed_markdown(summary: SeedSummary) -> str:
             scope = "all" if c.scope == "all" else f"{c.scope}: {', '.join(c.languages)}"
             out.append(f"| {c.claim} | {scope} | {c.difference:+.4f} | [{c.low:+.4f}, {c.high:+.4f}] "
                        f"| {c.verdict} |")
-    return "\n".join(out)
+    return "\n".join(out + superb_markdown(summary))
+
+
+def superb_markdown(summary: SeedSummary) -> list[str]:
+    """ML-SUPERB 2.0's figures per system and the claims judged on them."""
+    if not summary.superb:
+        return []
+    out = ["", "ML-SUPERB 2.0 figures: the worst language's CER and the standard deviation of CER across the "
+           "languages (population), each per seed, then the mean over seeds, with a 95 % interval (seeds and "
+           "utterances resampled; the languages are kept, since the figure is about these languages).", "",
+           "| system | macro CER | worst-language CER | worst language (per seed) | CER std across languages |",
+           "|---|---|---|---|---|"]
+    for s in summary.systems:
+        macro, f = summary.macro_intervals[s], summary.superb[s]
+        worst_of = ", ".join(summary.aggregates[s].get("worst_language", []))
+        out.append(f"| {s} | {_iv(macro)} | {_iv(f['worst'])} | {worst_of} | {_iv(f['spread'])} |")
+    if summary.superb_comparisons:
+        out += ["", "Claims judged on them (paired difference system − baseline; negative = system better):", "",
+                "| claim | figure | difference | interval | verdict |", "|---|---|---|---|---|"]
+        for c in summary.superb_comparisons:
+            out.append(f"| {c.claim} | {SUPERB_NAMES[c.statistic]} | {c.difference:+.4f} "
+                       f"| [{c.low:+.4f}, {c.high:+.4f}] | {c.verdict} |")
+    return out
+
+
+def _iv(values) -> str:
+    mean, low, high = values
+    return f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
 
 
 def _write(summary: SeedSummary, out_dir: Path, plots: bool) -> dict[str, str]:

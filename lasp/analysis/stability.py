@@ -15,8 +15,11 @@ the languages' masks (what :func:`lasp.analysis.overlap.specificity` measures) a
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from lasp.analysis.stats import hierarchical_bootstrap
 from lasp.errors import MaskError
 from lasp.masks.bits import iou_packed
 
@@ -56,3 +59,19 @@ def format_stability(s: dict[str, Any]) -> str:
     return (f"search stability: a language's mask vs its repeat IoU {s['mean_same']:.3f}, vs other languages' "
             f"{s['mean_cross']:.3f}\nlanguage signal (same − other) {s['mean_signal']:+.3f} on average "
             f"(lowest {low} {s['signal'][low]:+.3f}); ≈ 0 means the masks' differences are search noise")
+
+
+def signal_interval(per_seed: Sequence[Mapping[str, float]], n_boot: int = 2000, seed: int = 0,
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean language signal over several seeds' ``signal`` dicts (the same languages):
+    the hierarchical bootstrap of :mod:`lasp.analysis.stats`, seeds then languages resampled."""
+    if not per_seed:
+        return math.nan, math.nan, math.nan
+    languages = list(per_seed[0])
+    one = np.ones(1)
+    cells = [[(np.array([float(signals[lang])]), one) for lang in languages] for signals in per_seed]
+    mean = float(np.mean([[num[0] for num, _ in row] for row in cells]))
+    reps = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(reps, [tail, 100 - tail])
+    return mean, float(low), float(high)

@@ -47,18 +47,43 @@ def verdict(low: float, high: float) -> str:
     return NO_DIFFERENCE
 
 
-def _statistic(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> float:
-    return float(np.mean([np.mean([num.sum() / den.sum() for num, den in row]) for row in cells]))
+# What a figure makes of the languages' CERs, per seed (then averaged over seeds). macro: their mean; worst:
+# the highest (ML-SUPERB 2.0's worst-language CER); spread: their standard deviation (ML-SUPERB 2.0's CER
+# standard deviation across languages; the population one: the languages are all there are, not a sample).
+STATISTICS = ("macro", "worst", "spread")
 
 
-def hierarchical_bootstrap(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], n_boot: int = 2000,
-                           seed: int = 0) -> np.ndarray:
-    """Bootstrap replicates of mean_seed mean_language (Σ num / Σ den) over a seeds × languages grid.
+def reduce_languages(ratios: np.ndarray, statistic: str = "macro") -> np.ndarray:
+    """``[..., seeds, languages]`` CERs -> ``[...]``: the mean over seeds of each seed's ``statistic``."""
+    if statistic == "macro":
+        per_seed = ratios.mean(-1)
+    elif statistic == "worst":
+        per_seed = ratios.max(-1)
+    elif statistic == "spread":
+        per_seed = ratios.std(-1)
+    else:
+        raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+    return per_seed.mean(-1)
 
-    ``cells[s][l] = (num, den)``: per-utterance numerators (edits, or paired edit differences) and
-    denominators (reference characters). Each replicate draws seeds, then languages within every
-    drawn seed, then utterances within every drawn language, all with replacement; a cell drawn twice
-    gets two independent utterance draws.
+
+def _ratios(cells) -> np.ndarray:
+    """``[seeds, languages, k]`` Σ num / Σ den of every cell, unresampled."""
+    return np.array([[np.atleast_2d(num).sum(-1) / den.sum() for num, den in row] for row in cells])
+
+
+def _statistic(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], statistic: str = "macro") -> float:
+    return float(reduce_languages(_ratios(cells)[..., 0], statistic))
+
+
+def bootstrap_ratios(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], n_boot: int = 2000, seed: int = 0,
+                     resample_languages: bool = True) -> np.ndarray:
+    """Bootstrap replicates ``[boot, seed slot, language slot, k]`` of Σ num / Σ den over a seeds × languages grid.
+
+    ``cells[s][l] = (num, den)``: per-utterance numerators (edits, paired edit differences, or ``k`` rows of
+    them drawn together: ``[k, n]``) and denominators (reference characters). Each replicate draws seeds, then
+    languages within every drawn seed (unless ``resample_languages`` is false: a worst-language or spread figure
+    is over the languages there are), then utterances within every drawn language, all with replacement; a cell
+    drawn twice gets two independent utterance draws.
     """
     n_seeds = len(cells)
     if n_seeds == 0 or n_boot < 1:
@@ -66,22 +91,33 @@ def hierarchical_bootstrap(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray
     n_langs = len(cells[0])
     if n_langs == 0 or any(len(row) != n_langs for row in cells):
         raise ValueError("every seed needs the same, non-zero number of languages")
+    k = np.atleast_2d(cells[0][0][0]).shape[0]
     rng = np.random.default_rng(seed)
     seed_draw = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     lang_draw = rng.integers(0, n_langs, size=(n_boot, n_seeds, n_langs))
+    if not resample_languages:
+        lang_draw = np.broadcast_to(np.arange(n_langs), lang_draw.shape)
     cell_of = seed_draw[:, :, None] * n_langs + lang_draw        # [boot, seed slot, language slot]
     flat = cell_of.reshape(-1)
-    ratios = np.empty(flat.shape, dtype=np.float64)
+    ratios = np.empty((flat.size, k), dtype=np.float64)
     for c in range(n_seeds * n_langs):
         num, den = cells[c // n_langs][c % n_langs]
+        num = np.atleast_2d(num)
         where = np.flatnonzero(flat == c)
-        n = len(num)
-        step = max(1, _MAX_DRAW // max(n, 1))
+        n = len(den)
+        step = max(1, _MAX_DRAW // max(n * k, 1))
         for start in range(0, len(where), step):
             part = where[start:start + step]
             idx = rng.integers(0, n, size=(len(part), n))
-            ratios[part] = num[idx].sum(1) / den[idx].sum(1)
-    return ratios.reshape(cell_of.shape).mean(axis=(1, 2))
+            ratios[part] = (num[:, idx].sum(-1) / den[idx].sum(1)).T
+    return ratios.reshape(*cell_of.shape, k)
+
+
+def hierarchical_bootstrap(cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], n_boot: int = 2000,
+                           seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of mean_seed mean_language (Σ num / Σ den) over a seeds × languages grid
+    (:func:`bootstrap_ratios`: seeds, languages and utterances resampled)."""
+    return bootstrap_ratios(cells, n_boot, seed)[..., 0].mean(axis=(1, 2))
 
 
 @dataclass
@@ -100,6 +136,7 @@ class Comparison:
     verdict: str
     utterances: int
     label: str = ""   # how the claim is named in tables; default "<system> < <baseline>"
+    statistic: str = "macro"   # the figure compared (STATISTICS): macro, worst-language or spread of CER
 
     @property
     def claim(self) -> str:
@@ -109,8 +146,8 @@ class Comparison:
         return asdict(self) | {"claim": self.claim}
 
 
-def _paired_cell(a: LanguageScores, b: LanguageScores, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(edits_A − edits_B, chars) over the same utterances, aligned by id."""
+def _paired_cell(a: LanguageScores, b: LanguageScores, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edits_A, edits_B, chars) over the same utterances, aligned by id."""
     if a.ids != b.ids:
         pos = {u: i for i, u in enumerate(b.ids)}
         only_a = [u for u in a.ids if u not in pos]
@@ -123,7 +160,7 @@ def _paired_cell(a: LanguageScores, b: LanguageScores, where: str) -> tuple[np.n
     if not np.array_equal(a.chars, b.chars):
         u = a.ids[int(np.flatnonzero(a.chars != b.chars)[0])]
         raise DataError(f"{where}: utterance {u!r} has different references in the two systems")
-    return a.edits - b.edits, a.chars
+    return a.edits, b.edits, a.chars
 
 
 def _common_seeds(a: SystemScores, b: SystemScores, names: tuple[str, str]) -> list:
@@ -139,10 +176,13 @@ def _common_seeds(a: SystemScores, b: SystemScores, names: tuple[str, str]) -> l
 
 def compare(a: SystemScores, b: SystemScores, languages: Sequence[str], *, names: tuple[str, str] = ("A", "B"),
             scope: str = "all", n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-            label: str = "") -> Comparison:
-    """Paired difference A − B of macro CER over ``languages`` with a hierarchical bootstrap interval."""
+            label: str = "", statistic: str = "macro") -> Comparison:
+    """Paired difference A − B of macro CER (or of the worst-language CER, or of the CER spread across languages:
+    ``statistic``) over ``languages`` with a hierarchical bootstrap interval. The worst-language and spread
+    figures keep the languages fixed and draw the same utterances for A and B."""
     if not languages:
         raise ValueError("compare needs at least one language")
+    reduce_languages(np.zeros((1, 1)), statistic)  # an unknown statistic fails before any work
     seeds = _common_seeds(a, b, names)
     cells = []
     for s in seeds:
@@ -151,25 +191,38 @@ def compare(a: SystemScores, b: SystemScores, languages: Sequence[str], *, names
             where = f"seed {s}, language {lang} ({names[0]} vs {names[1]})"
             if lang not in a[s] or lang not in b[s]:
                 raise DataError(f"{where}: no scores for {names[0] if lang not in a[s] else names[1]}")
-            row.append(_paired_cell(a[s][lang], b[s][lang], where))
+            edits_a, edits_b, chars = _paired_cell(a[s][lang], b[s][lang], where)
+            # macro CER is linear: the difference of edits is the paired cell; the others need both systems' CER
+            row.append((edits_a - edits_b, chars) if statistic == "macro" else (np.stack([edits_a, edits_b]), chars))
         cells.append(row)
-    reps = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed)
+    if statistic == "macro":
+        reps, point = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed), _statistic(cells)
+    else:
+        ratios = bootstrap_ratios(cells, n_boot, seed, resample_languages=False)
+        reps = reduce_languages(ratios[..., 0], statistic) - reduce_languages(ratios[..., 1], statistic)
+        whole = _ratios(cells)
+        point = float(reduce_languages(whole[..., 0], statistic) - reduce_languages(whole[..., 1], statistic))
     tail = 100 * (1 - confidence) / 2
     low, high = (float(v) for v in np.percentile(reps, [tail, 100 - tail]))
-    return Comparison(names[0], names[1], scope, list(languages), list(seeds), _statistic(cells), low, high,
-                      confidence, verdict(low, high), int(sum(len(num) for row in cells for num, _ in row)), label)
+    return Comparison(names[0], names[1], scope, list(languages), list(seeds), point, low, high, confidence,
+                      verdict(low, high), int(sum(len(chars) for row in cells for _, chars in row)), label,
+                      statistic)
 
 
 def cer_interval(scores: SystemScores, languages: str | Sequence[str], *, n_boot: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean over seeds, low, high) of one system's CER on one language, or its macro CER over several,
-    with the same hierarchical bootstrap as :func:`compare`."""
+                 confidence: float = 0.95, statistic: str = "macro") -> tuple[float, float, float]:
+    """(mean over seeds, low, high) of one system's CER on one language, or its macro CER over several (or
+    their worst-language CER or spread: ``statistic``, languages kept fixed), with the same hierarchical
+    bootstrap as :func:`compare`."""
     languages = [languages] if isinstance(languages, str) else list(languages)
     cells = [[(scores[s][lang].edits, scores[s][lang].chars) for lang in languages] for s in scores]
-    reps = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed)
+    if statistic == "macro":
+        reps = hierarchical_bootstrap(cells, n_boot=n_boot, seed=seed)
+    else:
+        reps = reduce_languages(bootstrap_ratios(cells, n_boot, seed, resample_languages=False)[..., 0], statistic)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(reps, [tail, 100 - tail])
-    return _statistic(cells), float(low), float(high)
+    return _statistic(cells, statistic), float(low), float(high)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -188,15 +241,21 @@ def aggregate(scores: SystemScores, languages: Sequence[str],
               groups: Mapping[str, str] | None = None) -> dict:
     """One system across seeds: mean ± std of macro CER, of each language's CER and of each group's macro CER.
 
-    Returns ``{"seeds", "macro": {"mean", "std", "per_seed"}, "languages": {lang: {...}},
-    "groups": {group: {...}}}``; the standard deviation is the sample one (n − 1).
+    Returns ``{"seeds", "macro": {"mean", "std", "per_seed"}, "worst": {...}, "worst_language": [per seed],
+    "spread": {...}, "languages": {lang: {...}}, "groups": {group: {...}}}``: worst is the highest language CER,
+    spread the (population) standard deviation of the languages' CERs; the standard deviation across seeds is
+    the sample one (n − 1).
     """
     def entry(values: list[float]) -> dict:
         mean, std = mean_std(values)
         return {"mean": mean, "std": std, "per_seed": values}
 
     seeds = list(scores)
+    cers = {s: np.array([scores[s][lang].cer for lang in languages]) for s in seeds}
     out = {"seeds": seeds, "macro": entry([macro_cer(scores[s], languages) for s in seeds]),
+           "worst": entry([float(cers[s].max()) for s in seeds]),
+           "worst_language": [languages[int(cers[s].argmax())] for s in seeds],
+           "spread": entry([float(cers[s].std()) for s in seeds]),
            "languages": {lang: entry([scores[s][lang].cer for s in seeds]) for lang in languages}, "groups": {}}
     for group, members in group_languages(languages, groups).items():
         out["groups"][group] = entry([macro_cer(scores[s], members) for s in seeds])

@@ -12,6 +12,7 @@ from lasp.analysis.stability import format_stability, search_stability
 from lasp.analysis.tables import write_json
 from lasp.cli.options import add_existing_flags, add_explain, print_explain
 from lasp.config.recipe import load_recipe
+from lasp.device import apply_cpu_settings
 from lasp.errors import ConfigError
 from lasp.masks.codecs import CODECS
 from lasp.masks.language_masks import LanguageMasks
@@ -71,6 +72,8 @@ def prune_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         overrides.append(f"model.name={json.dumps(args.model)}")
     cfg = load_recipe(args.recipe, overrides)
+    # the recipe's CPU settings, as every training stage applies them: `lasp run` gives a mask search one thread
+    apply_cpu_settings(cfg.threads, cfg.cpu_onednn)
     languages = args.langs.split(",") if args.langs else None
     # everything that would waste the scoring is checked first (XLSR-53: about a minute per language)
     check_prune_request(args.out, cfg.data.train, languages=languages, min_utterances=cfg.masks.min_utterances,

@@ -9,6 +9,7 @@ import re
 
 from lasp.config.schema import SYSTEMS, RecipeConfig, RunConfig, StageConfig
 from lasp.errors import ConfigError
+from lasp.models.load import PRESETS
 
 # what a variant may change, per kind of variant; the corpus, model and data settings are the run's
 OVERRIDABLE = {"lasp": ("masks.", "pretrain.", "finetune."), "adapters": ("adapters.", "finetune.")}
@@ -31,6 +32,7 @@ def check_config(cfg: RecipeConfig, *, where: str = "recipe") -> None:
         _check_pretrain(cfg)
         if cfg.run is not None:
             check_run(cfg.run)
+            _check_strengths(cfg)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 
@@ -83,6 +85,8 @@ def _check_pretrain(cfg: RecipeConfig) -> None:
         raise ConfigError("key 'pretrain.gumbel_min' must be in (0, gumbel_max]")
     if not 0 < p.gumbel_decay <= 1:
         raise ConfigError("key 'pretrain.gumbel_decay' must be in (0, 1]")
+    if any(step < 1 for step in p.keep_at) or len(set(p.keep_at)) != len(p.keep_at):
+        raise ConfigError(f"key 'pretrain.keep_at' must be distinct steps >= 1, got {p.keep_at}")
     if not 0 <= cfg.finetune.mask_time_prob < 1:
         raise ConfigError("key 'finetune.mask_time_prob' must be in [0, 1)")
 
@@ -103,6 +107,31 @@ def check_run(run: RunConfig) -> None:
     if unknown_low:
         raise ConfigError(f"key 'run.low_resource': {unknown_low[0]!r} is not one of run.languages")
     check_variants(run)
+
+
+def parse_strength(value: str, where: str = "run.strengths") -> tuple[str, int]:
+    """``"tiny@800"`` -> ``("tiny", 800)``; the preset must be one of lasp's, the steps at least 1."""
+    preset, _, steps = str(value).partition("@")
+    if preset not in PRESETS or not steps.isdigit() or int(steps) < 1:
+        raise ConfigError(f"key '{where}': {value!r} is not PRESET@STEPS with a preset of "
+                          f"{', '.join(PRESETS)} and steps >= 1 (e.g. tiny@800)")
+    return preset, int(steps)
+
+
+def _check_strengths(cfg: RecipeConfig) -> None:
+    """Each strength's base is its preset's one pre-training, continued from the strength below: that equals a
+    run that stops there only when nothing depends on where the run will end."""
+    strengths = [parse_strength(v, f"run.strengths[{i}]") for i, v in enumerate(cfg.run.strengths)]
+    if len(set(strengths)) != len(strengths):
+        raise ConfigError(f"key 'run.strengths' names a strength twice: {cfg.run.strengths}")
+    if not strengths:
+        return
+    if cfg.run.base_minutes is not None:
+        raise ConfigError("key 'run.base_minutes' must be null with run.strengths (a strength is a step count)")
+    if cfg.pretrain.optim.schedule == "tri-stage":
+        raise ConfigError("key 'pretrain.optim.schedule': tri-stage decays over max_steps, so a base kept at "
+                          "step N of a longer pre-training would differ from an N-step one; run.strengths needs "
+                          "linear-warmup or constant")
 
 
 def check_variants(run: RunConfig) -> None:

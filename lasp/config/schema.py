@@ -118,6 +118,9 @@ class PretrainConfig(StageConfig):
         "help": "temperature = max(gumbel_max * gumbel_decay^step, gumbel_min)"})
     perplexity_warn: float = field(default=0.1, metadata={
         "help": "warn when codevector perplexity drops below this fraction of the codebook (collapse)"})
+    keep_at: list[int] = field(default_factory=list, metadata={
+        "help": "also keep the model after these steps, each as <run_dir>/at-step-<N>/ (a folder like final/): "
+                "one pre-training gives bases of several strengths"})
 
 
 @dataclass
@@ -211,6 +214,14 @@ class RunConfig:
     variants: list[VariantConfig] = field(default_factory=list, metadata={
         "help": "ablations, each an extra lasp system on the same base model (or, with system: adapters, an "
                 "extra adapter baseline): a list of {name, overrides, pretrain, score_on, system}"})
+    strengths: list[str] = field(default_factory=list, metadata={
+        "help": "base models of several strengths, each PRESET@STEPS (e.g. [tiny@800, tiny@3200, small@3200]): the "
+                "whole comparison runs once per strength, in <output_dir>/<preset>-<steps>, on the preset "
+                "pre-trained shared for that many steps (one pre-training per preset and seed, kept at each "
+                "strength's step); replaces model.name and run.base_steps; empty = one base"})
+    repeat_search: bool = field(default=False, metadata={
+        "help": "search every mask set a second time on other batches (seed + 1000) and report each language's "
+                "signal: IoU with its own repeat minus IoU with the other languages' repeats (0 = search noise)"})
     spread_from: str | None = field(default=None, metadata={
         "help": "a benchmark's seeds_summary.json, or lasp:benchmark for the one shipped with lasp; the "
                 "report quotes its seed-to-seed spread (null: none)"})

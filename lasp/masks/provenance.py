@@ -77,6 +77,7 @@ def mask_record(metadata: Mapping, lang: str) -> dict:
         "sparsity": sparsity,
         "pattern": metadata.get("pattern", "unstructured"),
         "scope": metadata.get("scope", "per-tensor"),
+        "layer_sparsity": metadata.get("layer_sparsity"),
         "targets": list(targets) if isinstance(targets, (list, tuple)) else targets,
         "seed": metadata.get("seed"),
         "data": os.path.abspath(data) if data and os.path.isfile(data) else data,
@@ -110,6 +111,7 @@ def expected_record(masks_cfg, data_path: str | None, init: str | None, model=No
         rec["scorer"] = masks_cfg.scorer
     if masks_cfg.pattern == "unstructured":
         rec["sparsity"] = masks_cfg.sparsity
+    rec["layer_sparsity"] = list(masks_cfg.layer_sparsity) if masks_cfg.layer_sparsity else None
     rec["data"] = os.path.abspath(data_path) if data_path else None
     rec["data_sha256"] = data_fingerprint(data_path)
     rec["base_model"] = os.path.abspath(init) if init and os.path.isdir(init) else init
@@ -137,6 +139,9 @@ def compare_records(recorded: Mapping, wanted: Mapping) -> list[str]:
         if key in wanted and key in recorded and recorded[key] is not None and not _same(key, recorded[key],
                                                                                           wanted[key]):
             bad.append(key)
+    # null is a setting here (one sparsity in every layer), so it is compared too; records older than the key lack it
+    if "layer_sparsity" in recorded and "layer_sparsity" in wanted and recorded["layer_sparsity"] != wanted["layer_sparsity"]:
+        bad.append("layer_sparsity")
     if recorded.get("data_sha256") and wanted.get("data_sha256"):
         if recorded["data_sha256"] != wanted["data_sha256"]:
             bad.append("data")

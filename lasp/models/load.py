@@ -48,6 +48,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
         final_dropout=0.0, layerdrop=0.0, **_CONV_7,
     ),
+    # Scaling-study scale (~4M parameters): the tiny preset's design, wider and twice as deep; still trains on
+    # a CPU core, a few times slower per step than tiny.
+    "small": dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+        conv_dim=(64,) * 7, conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False,
+        codevector_dim=128, proj_codevector_dim=128, num_codevector_groups=2, num_codevectors_per_group=64,
+        num_negatives=20,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        final_dropout=0.0, layerdrop=0.0, **_CONV_7,
+    ),
     # wav2vec 2.0 BASE shapes (~95M parameters).
     "base": dict(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,

@@ -27,7 +27,7 @@ from lasp.errors import ConfigError
 from lasp.io import atomic_write_json
 from lasp.run.inputs import base_is_checkpoint, make_corpus
 from lasp.run.outputs import RunOutputs
-from lasp.run.runner import guarded_run, masks_job, merge_times, override_value, run_settings, stage_config
+from lasp.run.runner import guarded_run, masks_jobs, merge_times, override_value, run_settings, stage_config
 from lasp.run.schedule import Job, run_jobs
 from lasp.run.seeds import seed_configs
 
@@ -77,7 +77,7 @@ def plan_continual(cfg: RecipeConfig, settings: RunConfig, cont: ContinualConfig
                              *([first] if cont.base_on_first else [])],
                     [], base, threads=settings.base_threads, run_dir=base.parent, max_steps=settings.base_steps,
                     max_minutes=settings.base_minutes)]
-    jobs.append(masks_job("masks", cfg, recipe, base, base_job, masks, settings))  # every language's mask
+    jobs += masks_jobs("masks", "lasp", cfg, recipe, base, base_job, masks, settings)  # every language's mask
     for name, langs in (("first", cont.first), ("joint", list(cont.first) + list(cont.add))):
         only = f"data.languages={json.dumps(list(langs))}"
         pre, ft, ev = out / f"pretrain-{name}", out / f"finetune-{name}", out / f"eval-{name}"

@@ -11,12 +11,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from lasp.analysis import format_markdown, overlap_analysis, parameter_table
 from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.io import atomic_write
 from lasp.masks.language_masks import LanguageMasks
 from lasp.run.inputs import base_is_checkpoint, corpus_kind
 from lasp.run.seeds import report_link, specificity_rows, spread_sentence, variants_section
+from lasp.run.signal import SIGNAL_FILE, signal_rows
 
 SYSTEM_NOTES = {
     "shared": "one model, every language updates every weight",
@@ -41,19 +44,27 @@ def _fmt(value, digits: int = 3) -> str:
 
 def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[str, dict[str, dict]]:
     results = {s: _read_json(out / f"eval-{s}" / "results.json") for s in systems}
-    header = "| system | " + " | ".join(f"{l} CER / WER" for l in languages) + " | **macro CER** | macro WER |"
-    lines = [header, "|" + "---|" * (len(languages) + 3)]
+    header = ("| system | " + " | ".join(f"{l} CER / WER" for l in languages)
+              + " | **macro CER** | macro WER | worst-language CER | CER std across languages |")
+    lines = [header, "|" + "---|" * (len(languages) + 5)]
     for s in systems:
         r = results[s]
         if r is None:
-            lines.append(f"| {s} | " + " | ".join("–" for _ in languages) + " | – | – |")
+            lines.append(f"| {s} | " + " | ".join("–" for _ in languages) + " | – | – | – | – |")
             continue
         cells = []
         for lang in languages:
             m = r["languages"].get(lang)
             cells.append(f"{_fmt(m['cer'])} / {_fmt(m['wer'])}" if m else "–")
+        # ML-SUPERB 2.0's figures beside the mean: the worst language, and the population std over the languages
+        cers = [r["languages"][lang]["cer"] for lang in languages if lang in r["languages"]]
+        worst = max(cers) if cers else None
+        worst_lang = next((lang for lang in languages if lang in r["languages"]
+                           and r["languages"][lang]["cer"] == worst), "")
+        spread = float(np.std(cers)) if cers else None
         lines.append(f"| {s} | " + " | ".join(cells)
-                     + f" | **{_fmt(r['macro']['cer'])}** | {_fmt(r['macro']['wer'])} |")
+                     + f" | **{_fmt(r['macro']['cer'])}** | {_fmt(r['macro']['wer'])} | {_fmt(worst)} ({worst_lang}) "
+                       f"| {_fmt(spread)} |")
     return "\n".join(lines), results
 
 
@@ -227,6 +238,7 @@ def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: 
         parts += ["## Intervals (one seed: utterances and languages resampled)", "", summary.markdown, ""]
         parts += variants_section(summary, cfg, settings, report)
         parts += specificity_rows([out], [cfg], settings)
+    parts += signal_rows([_read_json(out / SIGNAL_FILE) or {}], [cfg.seed])
     parts += coverage_section(results, manifests, languages)
     parts += ["## Training", "", training_table(out, systems, stage_times), ""]
     if wall_total is not None:
@@ -285,6 +297,7 @@ def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: lis
         parts += [f"![CER per language with 95 % intervals]({figure})", ""]
     parts += variants_section(summary, first, settings, report)
     parts += specificity_rows(run_dirs, stage_cfgs, settings)
+    parts += signal_rows([_read_json(d / SIGNAL_FILE) or {} for d in run_dirs], [c.seed for c in stage_cfgs])
     parts += [f"The numbers: `{report_link(summary.files['json'], report)}` (the seed-to-seed spread a single-seed "
               "report quotes with run.spread_from).", ""]
     if wall_total is not None:

@@ -54,6 +54,11 @@ class MaskConfig:
         "help": "per-tensor: prune each tensor to the sparsity; global: one threshold over all targets"})
     pattern: str = field(default="unstructured", metadata={
         "help": "unstructured, or N:M such as 2:4 (keep N of every M weights); quoting is optional"})
+    layer_sparsity: list[float] | None = field(default=None, metadata={
+        "help": "sparsity per encoder layer, a profile over depth: one value per layer, or fewer, spread evenly "
+                "from the first layer to the last and interpolated linearly in between (e.g. [0.7, 0.3, 0.7]: "
+                "denser sharing in the middle, language-specific early and late layers); other targets keep "
+                "masks.sparsity; oneshot and unstructured only; null = masks.sparsity in every layer"})
     max_batches: int = field(default=8, metadata={"help": "batches per language used for scoring"})
     targets: list[str] | None = field(default=None, metadata={
         "help": "regexes over parameter names to mask; null = the encoder layers' Linear weights"})
@@ -82,8 +87,29 @@ class MaskConfig:
         for key in ("imp_lr", "lass_lr"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{_key(key)} must be > 0, got {getattr(self, key)}")
+        if self.layer_sparsity is not None:
+            if not self.layer_sparsity:
+                raise ConfigError(f"{_key('layer_sparsity')} is empty; give at least one sparsity, or null")
+            for i, value in enumerate(self.layer_sparsity):
+                check_sparsity(value, None, f"{_key('layer_sparsity')}[{i}]")
+            if self.method != "oneshot" or self.pattern != "unstructured":
+                raise ConfigError(f"{_key('layer_sparsity')} applies to masks.method oneshot with pattern "
+                                  f"unstructured, not {self.method} with {self.pattern}")
         if self.min_utterances < 0:
             raise ConfigError(f"{_key('min_utterances')} must be >= 0, got {self.min_utterances}")
+
+
+def depth_profile(profile: list[float], num_layers: int) -> list[float]:
+    """The sparsity of each of ``num_layers`` layers: ``profile`` itself when it has one value per layer, else its
+    values spread evenly from the first layer to the last and interpolated linearly in between."""
+    if len(profile) == num_layers or len(profile) == 1:
+        return [float(v) for v in profile] * (num_layers if len(profile) == 1 else 1)
+    out = []
+    for layer in range(num_layers):
+        x = layer / (num_layers - 1) * (len(profile) - 1) if num_layers > 1 else 0.0
+        lo = min(int(x), len(profile) - 2)
+        out.append(float(profile[lo] + (profile[lo + 1] - profile[lo]) * (x - lo)))
+    return out
 
 
 def _key(name: str) -> str:

@@ -140,7 +140,8 @@ def _search(cfg, init, languages, head, device, progress) -> LanguageMasks:
     else:
         masks = make_language_masks(model, loaders, scorer=m.scorer, sparsity=m.sparsity, scope=m.scope,
                                     pattern=m.pattern, max_batches=m.max_batches, targets=m.targets,
-                                    seed=cfg.seed, base_model=init, data=data, progress=progress)
+                                    seed=cfg.seed, base_model=init, data=data, progress=progress,
+                                    layer_sparsity=m.layer_sparsity)
     masks.metadata.update(method=m.method, head=head, batch_size=cfg.data.batch_size,
                           max_batch_seconds=cfg.data.max_batch_seconds, max_seconds=cfg.data.max_seconds)
     if head == "pretraining" and needs_data:

@@ -14,6 +14,9 @@ integer keys (two passes of 65536-bin histograms, one tensor at a time) finds th
 copy with int64 indices (≈ 5 GB). Ties at the threshold keep the earlier weight (parameter order, then row-major
 position), as a stable descending sort would. Scores stay on their device; each language's masks are bit-packed
 as soon as they are made, so a search holds one language's boolean masks at a time.
+
+A layer profile (``layer_sparsity``) gives each encoder layer its own sparsity; the scope then applies within
+each layer.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 from lasp.errors import ConfigError
 from lasp.masks.bits import pack_bits
 from lasp.masks.language_masks import LanguageMasks
-from lasp.search.config import check_sparsity, parse_pattern
+from lasp.masks.targets import layer_index
+from lasp.search.config import check_sparsity, depth_profile, parse_pattern
 from lasp.search.scoring import score_language
 
 SCOPES = ("per-tensor", "global")
@@ -126,10 +130,27 @@ def prune(
     sparsity: float | None,
     scope: str = "per-tensor",
     pattern: str = "unstructured",
+    layer_sparsity: list[float] | None = None,
+    num_layers: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep the highest-scoring weights: ``{name: bool mask}`` of the same shapes."""
+    """Keep the highest-scoring weights: ``{name: bool mask}`` of the same shapes.
+
+    ``layer_sparsity``: a profile over the ``num_layers`` encoder layers (:func:`depth_profile`; default: as many
+    layers as the names show); each layer's tensors are pruned to its value, other tensors to ``sparsity``.
+    """
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if layer_sparsity:
+        layers = {n: layer_index(n) for n in scores}
+        found = [i for i in layers.values() if i is not None]
+        per_layer = depth_profile(layer_sparsity, num_layers or (max(found) + 1 if found else 1))
+        groups: dict[int | None, dict[str, torch.Tensor]] = {}
+        for n, s in scores.items():
+            groups.setdefault(layers[n], {})[n] = s
+        out = {}
+        for layer, group in groups.items():
+            out.update(prune(group, sparsity if layer is None else per_layer[layer], scope, pattern))
+        return {n: out[n] for n in scores}
     nm = parse_pattern(pattern)
     sparsity = check_sparsity(sparsity, nm)
     if nm is not None:  # N:M fixes the count inside every group; scope does not apply
@@ -153,6 +174,7 @@ def make_language_masks(
     base_model: str | None = None,
     data: str | None = None,
     progress: bool = True,
+    layer_sparsity: list[float] | None = None,
 ) -> LanguageMasks:
     """Score every language in turn on the shared model and prune each to a mask.
 
@@ -171,12 +193,14 @@ def make_language_masks(
                                 max_batches=max_batches, seed=seed, lang=lang, progress=progress, stats=stats)
         skipped[lang] = stats.get("skipped_nonfinite", 0)
         shapes = {n: tuple(t.shape) for n, t in scores.items()}
-        packed[lang] = pack_masks(prune(scores, s, scope=scope, pattern=pattern))
+        packed[lang] = pack_masks(prune(scores, s, scope=scope, pattern=pattern, layer_sparsity=layer_sparsity,
+                                        num_layers=getattr(getattr(model, "config", None), "num_hidden_layers", None)))
         per_lang[lang] = s
         del scores
     return LanguageMasks.from_packed(
         packed, shapes, base_model=base_model, scorer=scorer, data=data, sparsity=per_lang,
-        extra={"scope": scope, "pattern": pattern, "batches_per_language": max_batches, "seed": seed,
+        extra={"scope": scope, "pattern": pattern, "layer_sparsity": list(layer_sparsity) if layer_sparsity else None,
+               "batches_per_language": max_batches, "seed": seed,
                "targets": list(targets) if targets else "default", "skipped_nonfinite": skipped},
     )
 

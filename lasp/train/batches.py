@@ -28,7 +28,11 @@ class LoaderStream:
 
     def next(self, step: int) -> Batch:
         if self._it is None:
-            self._it = iter(self.loader)
+            # a DataLoader iterator draws its workers' base seed from torch's global RNG; a resumed run makes its
+            # iterator at another point of that stream than an uninterrupted run, so the draw must not move it
+            # (pre-training's Gumbel noise and masking draw from it next)
+            with torch.random.fork_rng(devices=[]):
+                self._it = iter(self.loader)
         batch = None
         while not has_inputs(batch):  # a batch whose every row was undecodable is skipped (its rows counted)
             batch = next(self._it)

@@ -90,7 +90,19 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     sampler = make_sampler(cfg.data, dataset, cfg.seed, info.rank, info.world_size)
     loader = recipe_loader(cfg.data, dataset, sampler, pretrain_collator(cfg, model.config, normalize), info.device)
     stream = LoaderStream(loader, sampler, device=info.device)
-    loss_fn, on_step_start, check_collapse = pretraining_objective(p, model, info.is_main)
+    loss_fn, schedule_step, check_collapse = pretraining_objective(p, model, info.is_main)
+    about = dict(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize)
+
+    def keep(step: int) -> None:
+        """The model after ``step`` steps as at-step-<step>/; the folder is written once (a resume passing the
+        step again finds it)."""
+        if step in p.keep_at and info.is_main and not (run_dir / f"at-step-{step}").is_dir():
+            export_final(system, run_dir, cfg, {**about, "step": step}, name=f"at-step-{step}")
+
+    def on_step_start(step: int) -> None:
+        keep(step)  # before the step runs: the weights are those after `step` steps
+        schedule_step(step)
+
     if info.is_main and progress:
         print(system.summary())
     result = train_loop(system=system, stream=stream, loss_fn=loss_fn, stage=p, run_dir=run_dir, info=info,
@@ -101,8 +113,8 @@ def pretrain(cfg: RecipeConfig, *, callbacks: dict | None = None, progress: bool
     final = run_dir / "final"
     if info.is_main:
         summary = result.as_dict()
-        summary.update(stage="pretrain", system=p.system, init=init, languages=languages, normalize=normalize,
-                       skipped_rows=skipped_rows, distributed=D.describe(info))
+        summary.update(about, skipped_rows=skipped_rows, distributed=D.describe(info))
         final = export_final(system, run_dir, cfg, summary)
+        keep(result.step)
     D.wait_for_main(info)
     return final

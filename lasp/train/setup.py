@@ -170,8 +170,8 @@ def resolve_masks(cfg: RecipeConfig, system: str, model: torch.nn.Module, langua
 
 
 def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict,
-                 extra: Callable[[Path], None] | None = None) -> Path:
-    """Write ``<run_dir>/final`` atomically (temporary directory, then rename).
+                 extra: Callable[[Path], None] | None = None, name: str = "final") -> Path:
+    """Write ``<run_dir>/final`` (or ``<run_dir>/<name>``) atomically (temporary directory, then rename).
 
     Layout: :mod:`lasp.models.layout`: one copy of the shared weights. The shared model gets the
     feature-extractor config training used (so the next stage and exports normalize audio the same way). With
@@ -179,8 +179,8 @@ def export_final(system: System, run_dir: Path, cfg: RecipeConfig, summary: dict
     pipeline-loadable model per language in ``final/<lang>/`` (:mod:`lasp.models.export`); for the shared system
     these folders link the one weights file instead of copying it.
     """
-    final = run_dir / "final"
-    for stale in run_dir.glob(f"{TMP_PREFIX}final.*"):  # an export killed part-way (the run is ours: locked)
+    final = run_dir / name
+    for stale in run_dir.glob(f"{TMP_PREFIX}{name}.*"):  # an export killed part-way (the run is ours: locked)
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(final, replace=True) as tmp:
         system.save_pretrained(tmp)
