@@ -58,7 +58,7 @@ def test_two_strengths_with_repeat_searches_and_a_layer_profile_end_to_end(tmp_p
     monkeypatch.chdir(tmp_path)
     cfg = load_recipe(demo_recipe_path(), TOY + [
         "run.strengths=[tiny@2, tiny@4]", "run.repeat_search=true", "run.systems=[shared,lasp,random]",
-        "run.variants=[{name: layers, overrides: {masks.layer_sparsity: [0.25, 0.75]}}]"])
+        "run.variants=[{name: layers, overrides: {masks.layer_sparsity: [0.25, 0.75]}}]", "pretrain.log_every=1"])
     run(cfg, progress=False)
     out = tmp_path / "out"
     base = out / "bases" / "tiny"

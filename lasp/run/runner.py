@@ -33,7 +33,7 @@ from lasp.run.outputs import RunOutputs
 from lasp.run.report import seeds_report, write_report
 from lasp.run.scaling import scaling_report
 from lasp.run.schedule import Job, run_jobs
-from lasp.run.seeds import summarize
+from lasp.run.seeds import seed_configs, summarize
 from lasp.run.signal import REPEAT_SEED_OFFSET, repeat_dir, write_signals
 from lasp.run.strengths import BASES, Comparison, base_job_name, base_jobs, comparisons
 from lasp.run.variants import (pretrains, reuses_lasp_masks, scored_on_shared, variant_config, variant_recipe,
