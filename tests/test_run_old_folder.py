@@ -11,7 +11,9 @@ from lasp.run.variants import write_variant_recipes
 from lasp.train.run_record import check_run_record, stage_recipe
 
 OLD = Path(__file__).resolve().parent / "fixtures" / "run_folder_before_typed_run_section"
-NEW_KEYS = {"max_nonfinite: 0.1"}
+NEW_KEYS = {"max_nonfinite: 0.1", "grad_accum_steps: 1", "activation_checkpointing: false", "keep_at: []",
+            "layer_sparsity: null", "export_languages: false",
+            "precision: fp32"}
 STAGES = ("pretrain-lasp", "finetune-random", "finetune-adapters", "finetune-magnitude", "finetune-adapters-frozen")
 
 

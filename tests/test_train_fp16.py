@@ -58,8 +58,9 @@ def _seed(step):
 
 
 def _fp16_stage(*over):
+    # the planted non-finite loss is one of a few steps: more than max_nonfinite's default share would stop the run
     return load_recipe(None, ["finetune.optim.schedule=constant", "finetune.log_every=1", "finetune.precision=fp16",
-                              "finetune.ckpt_every=100", *over]).finetune
+                              "finetune.ckpt_every=100", "finetune.max_nonfinite=0.5", *over]).finetune
 
 
 def _train(model, scalers, run_dir, max_steps, seen):
