@@ -237,6 +237,25 @@ def test_seed_summary_of_run_directories(tmp_path):
     assert same.comparisons[0].verdict == NO_DIFFERENCE
 
 
+def _table_widths(markdown: str) -> list[set[int]]:
+    """The cell counts of each markdown table's rows (header, rule and body)."""
+    tables, rows = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append(line.strip().count("|") - 1)
+        elif rows:
+            tables.append(set(rows))
+            rows = []
+    return tables
+
+
+@pytest.mark.parametrize("low", [("tr",), ()])
+def test_seed_summary_tables_have_as_many_header_cells_as_body_cells(tmp_path, low):
+    dirs = [write_run(tmp_path, s, {"shared": 0.3, "lasp": 0.2}, low=low, utts=5) for s in (0, 1)]
+    tables = _table_widths(seed_summary(dirs, n_boot=20).markdown)
+    assert tables and all(len(widths) == 1 for widths in tables), tables
+
+
 def test_seed_summary_refuses_stale_or_repeated_runs(tmp_path):
     rates = {"shared": 0.3, "lasp": 0.2}
     d0, d1 = write_run(tmp_path, 0, rates), write_run(tmp_path, 1, rates)

@@ -61,7 +61,8 @@ def test_paper_scale_recipe_first_steps_on_the_xlsr53_preset(tmp_path):
         "model.name=xlsr-53", "device=auto", f"output_dir={tmp_path / 'runs'}", f"data.train={m['train']}",
         f"data.test={m['test']}", "data.languages=[es, ru]", "data.vocab=null", "data.batch_size=1",
         "data.max_batch_seconds=null", f"masks.dir={tmp_path / 'masks'}", "masks.max_batches=1",
-        "pretrain.max_steps=2", "finetune.max_steps=2", "pretrain.num_negatives=10", "pretrain.mask_time_length=2",
+        "masks.min_utterances=1", "pretrain.max_steps=2", "finetune.max_steps=2", "pretrain.num_negatives=10",
+        "pretrain.mask_time_length=2",
     ]
     cfg = load_recipe(recipe, overrides)
     pre = pretrain(cfg, progress=False)

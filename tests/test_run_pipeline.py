@@ -22,9 +22,12 @@ def test_lasp_run_without_a_recipe_runs_the_demo_shipped_inside_the_package(tmp_
     started = []
     monkeypatch.setattr(runner, "run", lambda cfg, **kw: started.append(cfg))
     assert main(["run"]) == 0
-    [cfg] = started
+    cfg = started[0]
     assert cfg.output_dir == "runs/demo" and cfg.model.name == "tiny"
     assert run_settings(cfg).systems == ["shared", "lasp", "random", "adapters"]
+    # KEY=VALUE without a recipe overrides the demo (it is not read as a recipe path)
+    assert main(["run", "run.parallel=1", "seed=3"]) == 0
+    assert started[-1].run.parallel == 1 and started[-1].seed == 3 and started[-1].output_dir == "runs/demo"
     # inside the package (setup.cfg's package_data), so an installed lasp has it without the repository
     assert demo_recipe_path().relative_to(Path(lasp.__file__).parent).match("recipes/*.yaml")
 

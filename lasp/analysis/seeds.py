@@ -168,7 +168,7 @@ def format_seed_markdown(summary: SeedSummary) -> str:
     out = [f"CER over {n} seed(s) ({', '.join(map(str, summary.seeds))}): mean ± sample standard deviation "
            "across seeds; macro CER is the unweighted mean of the languages' CERs.", ""]
     group_cols = [f"{g} macro ({', '.join(summary.groups[g])})" for g in groups]
-    out.append("| system | macro CER | 95 % interval | " + " | ".join(group_cols) + (" |" if group_cols else "|"))
+    out.append("| " + " | ".join(["system", "macro CER", "95 % interval", *group_cols]) + " |")
     out.append("|---|---|---|" + "---|" * len(groups))
     for s in summary.systems:
         a, (_, low, high) = summary.aggregates[s], summary.macro_intervals[s]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from lasp.cli.options import add_explain, print_explain
 from lasp.cli.preflight import check_output_dir, check_output_file
@@ -11,14 +12,23 @@ from lasp.run import runner
 from lasp.run.continual import continual_report_from_outputs, run_continual
 
 
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The recipe and its overrides: without a recipe (`lasp run run.parallel=1`) the first KEY=VALUE is an override
+    of the built-in demo, not a recipe path."""
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        recipe, overrides = None, [recipe, *overrides]
+    return str(recipe or runner.demo_recipe_path()), overrides
+
+
 def _load(args: argparse.Namespace):
-    recipe = args.recipe or runner.demo_recipe_path()
-    return load_recipe(recipe, args.overrides)
+    return load_recipe(*_recipe_and_overrides(args))
 
 
 def _command(args: argparse.Namespace) -> str:
     """The `lasp run` command line a report opens with."""
-    return shlex.join(["lasp", "run", str(args.recipe or runner.demo_recipe_path()), *args.overrides])
+    recipe, overrides = _recipe_and_overrides(args)
+    return shlex.join(["lasp", "run", recipe, *overrides])
 
 
 def _check_outputs(cfg) -> None:
