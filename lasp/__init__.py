@@ -38,7 +38,8 @@ _EXPORTS = {
 }
 
 __all__ = ["ConfinedOptimizer", "LanguageMasks", "MaskedModel", "System", "build_system", "load_model",
-           "preset_config", "make_language_masks", "prune", "score_language", "search_masks", "__version__"]
+           "preset_config", "make_language_masks", "prune", "score_language", "search_masks", "add_language", "remove_language",
+           "__version__"]
 
 
 def __getattr__(name: str):

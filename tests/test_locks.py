@@ -22,9 +22,15 @@ HOLDER = """
 import multiprocessing as mp, os, sys, time
 from lasp.locks import acquire
 acquire(sys.argv[1], "run directory")
+def rest(started):
+    started.set()  # the fork handlers have run by now: what the child holds is what it keeps
+    time.sleep(60)
 if sys.argv[2] == "fork":
-    child = mp.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=rest, args=(started,), daemon=False)
     child.start()
+    started.wait()
     print(child.pid, flush=True)
 else:
     print(0, flush=True)

@@ -74,7 +74,7 @@ def test_ctrl_c_during_training_is_one_line(tmp_path, corpus):
     assert "Traceback" not in text, text
     last = text.splitlines()[-1]
     # training saved a checkpoint and says where; the CLI adds the command that resumes
-    assert last.startswith("lasp pretrain: interrupted at step "), last
+    assert last.startswith("lasp pretrain: Ctrl-C: stopped after step "), last
     assert "; checkpoint saved in " in last and " (resume with: lasp pretrain " in last, last
     assert "pretrain.max_steps=100000" in last
 

@@ -1,6 +1,7 @@
 """Every recipe in recipes/ validates; each starts with the command that runs it; typos fail by name."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_recipe_validates_and_names_its_command(recipe):
 def test_a_mistyped_key_fails_naming_it(recipe, tmp_path):
     text = recipe.read_text(encoding="utf-8")
     broken = tmp_path / recipe.name
-    broken.write_text(text.replace("seed:", "sede:", 1), encoding="utf-8")
+    broken.write_text(re.sub(r"^seed:", "sede:", text, count=1, flags=re.M), encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown key 'sede'"):
         load_recipe(broken)
 

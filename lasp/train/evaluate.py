@@ -36,7 +36,7 @@ from lasp.models.features import feature_normalization
 from lasp.models.layout import is_model_dir
 from lasp.models.objective import model_inputs
 from lasp.models.system import System
-from lasp.train.precision import autocast, autocast_dtype
+from lasp.device import autocast, autocast_dtype
 
 
 def greedy_decode(logits: torch.Tensor, vocab, lengths: Sequence[int] | None = None) -> list[str]:

@@ -43,7 +43,8 @@ from lasp.train import distributed as D
 from lasp.train.checkpoint import (CheckpointError, load_resumable, rng_state, save_checkpoint, seed_everything,
                                    set_rng_state)
 from lasp.train.metrics_log import MetricsLogger, trim_metrics
-from lasp.train.precision import autocast_dtype, enable_activation_checkpointing, grad_scaler
+from lasp.device import autocast_dtype
+from lasp.train.precision import enable_activation_checkpointing, grad_scaler
 from lasp.train.schedule import lr_factor
 from lasp.train.step import Stepper
 from lasp.train.stops import SIGNAL_NAMES, StopRequests, TrainingInterrupted

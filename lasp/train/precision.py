@@ -1,38 +1,12 @@
-"""What ``precision`` means on a device: the autocast dtype, whether a gradient scaler runs, and where the model
-recomputes activations instead of keeping them (activation checkpointing).
-
-``auto`` is bf16 on a GPU and fp32 on CPU (a CPU without bf16 matrix units runs bf16 slower than fp32).
-``bf16`` and ``fp16`` mean autocast on either device, so the dtype logic a GPU runs (masked bf16 weight copies,
-fp32 master weights and optimizer, the fp16 gradient scaler with its skipped steps) also runs, and is tested, on
-CPU.
+"""What training adds to a precision (the autocast dtype itself: :func:`lasp.device.autocast_dtype`): whether a
+gradient scaler runs, and where the model recomputes activations instead of keeping them (activation
+checkpointing). The fp16 gradient scaler with its skipped steps runs, and is tested, on CPU too.
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
 from lasp.errors import ConfigError
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (None: no autocast, fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return None
-    if precision not in DTYPES:
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    return DTYPES[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` on ``device`` in ``dtype``; a no-op for None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:

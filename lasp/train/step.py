@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lasp.train import distributed as D
-from lasp.train.precision import autocast
+from lasp.device import autocast
 
 
 @dataclass
