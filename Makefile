@@ -55,13 +55,16 @@ GPU_PYTHON ?= python3
 GPU_WHEELS ?= .gpu-wheels
 GPU_WHEELS_MAX_MIB ?= 60
 # what `make gpu-install` asks for by name; pip adds the listed dependencies from the folder
-GPU_PACKAGES := jiwer soundfile soxr torch-pruning datasets espeakng-loader zstandard pytest
+GPU_PACKAGES := jiwer soundfile soxr torch-pruning espeakng-loader zstandard pytest
+# datasets also needs pyarrow (a 52 MiB wheel, over what the folder may hold) and pandas: it is installed only where
+# the machine has them. Only `lasp data import-hf` uses it; nothing in gpu-check does.
+GPU_OPTIONAL := datasets
 GPU_PINS := \
 	jiwer==4.0.0 rapidfuzz==3.14.6 \
 	soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
 	soxr==1.1.0 \
 	torch-pruning==1.6.1 \
-	datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 \
+	datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 xxhash==4.1.0 \
 	espeakng-loader==0.2.4 \
 	zstandard==0.25.0 \
 	pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
@@ -86,6 +89,8 @@ gpu-wheels:
 gpu-install:
 	@[ -d $(GPU_WHEELS) ] || { echo "$(GPU_WHEELS) is missing: run 'make gpu-wheels' where pip reaches PyPI and carry the folder"; exit 1; }
 	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --find-links $(GPU_WHEELS) $(GPU_PACKAGES)
+	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --find-links $(GPU_WHEELS) $(GPU_OPTIONAL) \
+		|| echo "gpu-install: $(GPU_OPTIONAL) not installed (it needs pyarrow and pandas, which this machine lacks); only 'lasp data import-hf' uses it"
 	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-index --no-deps --no-build-isolation -e .
 	$(GPU_PYTHON) -c "import lasp, torch, transformers; print('lasp from', lasp.__file__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 
