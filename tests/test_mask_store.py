@@ -17,6 +17,7 @@ from lasp.errors import MaskError, StorageError
 from lasp.masks.bits import unpack_bits
 from lasp.masks.codecs import CODECS
 from lasp.masks.language_masks import LanguageMasks
+from lasp.io import TMP_PREFIX
 from lasp.masks.store import (CONFIG_NAME, SAVE_MARKER, check_mask_dir, files_of, language_file, read_core,
                               stored_bytes)
 
@@ -171,6 +172,17 @@ def test_a_killed_save_into_a_set_is_recovered(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG_NAME, *files_of(config)])
     overlapping(langs=("ru", "it"), seed=1).save(tmp_path)
     assert LanguageMasks.load(tmp_path).languages == ["ru", "it", "es", "de"]
+
+
+def test_a_save_killed_while_writing_its_record_leaves_nothing_after_the_next_check(tmp_path):
+    first = overlapping(langs=("es", "de"))
+    first.save(tmp_path)
+    # what a kill during the first write of a save leaves: the record's temporary file, no record
+    (tmp_path / f"{TMP_PREFIX}{SAVE_MARKER}.k1ll3d").write_text('{"writing": [')
+    check_mask_dir(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG_NAME, *files_of(config)])
+    assert same(LanguageMasks.load(tmp_path), first)
 
 
 def test_a_killed_first_save_does_not_wedge_the_folder(tmp_path, monkeypatch, capsys):

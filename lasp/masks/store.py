@@ -104,7 +104,9 @@ def recover_interrupted_save(directory: str | os.PathLike) -> list[str]:
     """
     directory = os.fspath(directory)
     marker = os.path.join(directory, SAVE_MARKER)
-    if not os.path.isfile(marker):
+    # a save killed while it wrote the marker itself leaves only the marker's temporary file
+    marker_temps = [n for n in os.listdir(directory) if n.startswith(TMP_PREFIX + SAVE_MARKER)]
+    if not os.path.isfile(marker) and not marker_temps:
         return []
     with locked(directory, "mask set"):
         try:
@@ -120,10 +122,11 @@ def recover_interrupted_save(directory: str | os.PathLike) -> list[str]:
                 os.remove(os.path.join(directory, name))
                 removed.append(name)
         for name in os.listdir(directory):
-            if name.startswith(TMP_PREFIX + "masks") or name.startswith(TMP_PREFIX + CONFIG_NAME):
+            if name.startswith((TMP_PREFIX + "masks", TMP_PREFIX + CONFIG_NAME, TMP_PREFIX + SAVE_MARKER)):
                 os.remove(os.path.join(directory, name))
                 removed.append(name)
-        os.remove(marker)
+        if os.path.isfile(marker):
+            os.remove(marker)
     return removed
 
 
