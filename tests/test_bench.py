@@ -39,6 +39,9 @@ def test_cpu_goal_is_judged_on_the_base_preset_at_1_05x_dense():
     assert cpu_goal(rows(1.0, "tiny"), "full")[0] == "not measured"
     assert cpu_goal(rows(1.0), "ci")[0] == "not measured"
     assert cpu_goal(rows(1.0)[:1], "full")[0] == "not measured"  # no masked step was timed
+    # stated for fp32: a bf16 run's ratio (masked bf16 copies cost more on CPU) judges nothing
+    [goal] = [g for g in bench_steps._goals(rows(1.2), cpu, "full", torch.bfloat16) if g.name.startswith("CPU")]
+    assert (goal.status, goal.detail) == ("not measured", "stated for fp32; this run used bf16 autocast")
 
 
 def test_ci_bench_rows_and_goal_lines():

@@ -269,7 +269,9 @@ def _step_rows(device, preset, batch_size, samples, warmup, repeats, density, se
 
 
 # ---------------------------------------------------------------------------------------------- goals
-def _goals(rows: list[BenchRow], device: torch.device, size: str) -> list[Goal]:
+def _goals(rows: list[BenchRow], device: torch.device, size: str,
+           dtype: torch.dtype = torch.float32) -> list[Goal]:
+    """Each goal judged on the rows of the run it is stated for (device, size, precision); else not measured."""
     steps = [r for r in rows if r.group == "step"]
 
     def ratio(variant: str, shape: str | None = None) -> list[BenchRow]:
@@ -278,7 +280,10 @@ def _goals(rows: list[BenchRow], device: torch.device, size: str) -> list[Goal]:
     goals = []
     if device.type == "cpu":
         found = ratio("cast single", "base")
-        if size != "full" or not found:
+        if dtype != torch.float32:
+            goals.append(Goal("CPU: masked single-language step <= 1.05x dense (fp32, base, confinement included)",
+                              "not measured", "stated for fp32; this run used bf16 autocast"))
+        elif size != "full" or not found:
             goals.append(Goal("CPU: masked single-language step <= 1.05x dense (fp32, base, confinement included)",
                               "not measured", "needs --size full on CPU (base preset)"))
         else:
@@ -291,6 +296,10 @@ def _goals(rows: list[BenchRow], device: torch.device, size: str) -> list[Goal]:
             goals.append(Goal(name, "pending (no CUDA device)"))
         return goals
     gpu = torch.cuda.get_device_name(device)
+    if dtype != torch.bfloat16:
+        return [Goal(f"{gpu} bf16: the step and memory goals", "not measured", "stated for bf16; this run used fp32"),
+                Goal("CPU: masked single-language step <= 1.05x dense (fp32, base)", "not measured",
+                     "run with --device cpu --size full")]
     for variant, limit, what in (("cast single", 1.03, "single-language step"),
                                  ("cast mixed-4", 1.10, "mixed 4-language step"),
                                  ("cast mixed-8", 1.20, "mixed 8-language step")):
@@ -352,7 +361,7 @@ def run_bench(size: str = "auto", device: str | torch.device | None = None, warm
         for preset, batch_size, samples in plan:
             result.rows += _step_rows(device, preset, batch_size, samples, warmup, repeats, density, seed, modes,
                                       amp=dtype == torch.bfloat16)
-    result.goals = _goals(result.rows, device, size)
+    result.goals = _goals(result.rows, device, size, dtype)
     return result
 
 
