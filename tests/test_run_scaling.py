@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from lasp.analysis.stability import search_stability
-from lasp.config.recipe import load_recipe
+from lasp.config.recipe import config_to_dict, load_recipe
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
 from lasp.run.runner import demo_recipe_path, plan_run, run
+from lasp.train.run_record import RECIPE_SECTIONS, check_run_record, full_key, stage_recipe
 from test_run_seeds import TOY
 
 SCALING = Path(__file__).resolve().parents[1] / "recipes" / "scaling.yaml"
@@ -90,3 +91,21 @@ def test_two_strengths_with_repeat_searches_and_a_layer_profile_end_to_end(tmp_p
         lasp, random = r["cer"]["lasp"][0], r["cer"]["random"][0]
         assert r["vs_random"]["lasp"][0] == pytest.approx(lasp - random)
     assert (out / "scaling.png").stat().st_size > 0 and (out / "tiny-4" / "report.md").is_file()
+
+
+def test_a_base_chain_extended_by_another_strength_still_resumes(tmp_path):
+    """Adding a strength changes what the base chain keeps (pretrain.keep_at), not how it trains: the chain's
+    finished steps resume under the new plan instead of being refused."""
+    def base_stage(strengths):
+        cfg = load_recipe(SCALING, [f"run.strengths={strengths}", "run.seeds=[0]"])
+        job = next(j for j in plan_run(cfg) if j.name.endswith("base-tiny-800"))
+        overrides = job.argv[job.argv.index("pretrain") + 2:]
+        stage_cfg = load_recipe(SCALING, overrides)
+        return stage_cfg, stage_recipe(config_to_dict(stage_cfg), "pretrain", "shared", "tiny")
+
+    run_dir = tmp_path / "tiny"
+    _, first = base_stage("[tiny@800, tiny@3200]")
+    check_run_record(run_dir, "pretrain", first, allow=[], resuming=False)
+    extended, record = base_stage("[tiny@800, tiny@3200, tiny@12800]")
+    allow = [full_key(a, "pretrain", RECIPE_SECTIONS) for a in extended.pretrain.resume_allow]
+    assert check_run_record(run_dir, "pretrain", record, allow=allow, resuming=True) == ["pretrain.keep_at"]

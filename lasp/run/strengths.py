@@ -97,7 +97,7 @@ def base_jobs(cfg: RecipeConfig, settings: RunConfig, groups: list[Comparison],
                                 [sys.executable, "-m", "lasp", "pretrain", str(stage_recipes[seed_cfg.seed]),
                                  "pretrain.system=shared", f"pretrain.run_dir={run_dir}", f"model.name={preset}",
                                  f"pretrain.init={preset}", f"pretrain.max_steps={group.steps}", "pretrain.max_minutes=null",
-                                 f"pretrain.keep_at={keep}", "pretrain.resume_allow=[max_steps]",
+                                 f"pretrain.keep_at={keep}", "pretrain.resume_allow=[max_steps, keep_at]",
                                  f"threads={settings.base_threads}", "data.mixed=false"],
                                 deps, Path(seed_cfg.model.name) / "train_summary.json",
                                 threads=settings.base_threads, run_dir=run_dir, max_steps=group.steps))
