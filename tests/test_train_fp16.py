@@ -15,26 +15,12 @@ from conftest import make_ctc_batch
 from lasp.config.recipe import load_recipe
 from lasp.models.system import System
 from lasp.train.checkpoint import latest_checkpoint, load_checkpoint
-from lasp.train.loop import Batch, train_loop
+from lasp.train.loop import train_loop
 from lasp.train.metrics_log import read_metrics
+from test_train_loop import Stream  # two Spanish CTC examples per step, seeded by the step
 
 INIT_SCALE = 2.0**16  # torch's default, which the loop keeps
 NAN_STEP, OVERFLOW_STEP, STEPS = 6, 8, 10
-
-
-class Stream:
-    def __init__(self):
-        self.pos = 0
-
-    def next(self, step):
-        self.pos += 1
-        return Batch(make_ctc_batch(12, batch_size=2, samples=4000, seed=step), ["es", "es"])
-
-    def state_dict(self):
-        return {"pos": self.pos}
-
-    def load_state_dict(self, state):
-        self.pos = state["pos"]
 
 
 @pytest.fixture
