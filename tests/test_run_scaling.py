@@ -11,7 +11,7 @@ from lasp.analysis.stability import search_stability
 from lasp.config.recipe import config_to_dict, load_recipe
 from lasp.errors import ConfigError
 from lasp.masks.language_masks import LanguageMasks
-from lasp.run.runner import demo_recipe_path, plan_run, run
+from lasp.run.runner import demo_recipe_path, plan_run, report_from_outputs, run
 from lasp.train.run_record import RECIPE_SECTIONS, check_run_record, full_key, stage_recipe
 from test_run_seeds import TOY
 
@@ -91,6 +91,16 @@ def test_two_strengths_with_repeat_searches_and_a_layer_profile_end_to_end(tmp_p
         lasp, random = r["cer"]["lasp"][0], r["cer"]["random"][0]
         assert r["vs_random"]["lasp"][0] == pytest.approx(lasp - random)
     assert (out / "scaling.png").stat().st_size > 0 and (out / "tiny-4" / "report.md").is_file()
+
+    # `lasp report` while a strength is still running: the finished one's report, the other's figures so far
+    (out / "tiny-4" / "eval-random" / "results.json").unlink()
+    (out / "tiny-4" / "report.md").unlink()
+    report = report_from_outputs(cfg).read_text()
+    assert "| tiny-4 (running: 3 of 4 systems evaluated) | 4 |" in report
+    assert (out / "tiny-2" / "report.md").is_file() and not (out / "tiny-4" / "report.md").exists()
+    running = json.loads((out / "scaling.json").read_text())["strengths"][1]
+    assert set(running["cer"]) == {"shared", "lasp", "layers"} and running["vs_random"] == {}
+    assert running["masks"]["lasp"]["signal"] == scaling[1]["masks"]["lasp"]["signal"]
 
 
 def test_a_base_chain_extended_by_another_strength_still_resumes(tmp_path):

@@ -331,12 +331,19 @@ def _run(cfg: RecipeConfig, settings: RunConfig, outputs: RunOutputs, progress: 
 
 def write_all_reports(cfg: RecipeConfig, settings: RunConfig, prepared: list[tuple[Comparison, list]],
                       wall_total: float | None = None) -> Path:
-    """Every comparison's reports and, with several strengths, the scaling report; returns the run's report."""
-    reports = [write_reports(group.cfg, group.cfg.run, group.seed_cfgs, stage_cfgs,
-                             wall_total=None if settings.strengths else wall_total)
-               for group, stage_cfgs in prepared]
+    """Every comparison's reports and, with several strengths, the scaling report; returns the run's report.
+
+    With several strengths, a strength still running (some evaluation missing) gets no report of its own yet, only
+    the language signals of its finished mask searches; the scaling report shows what it has so far."""
     if not settings.strengths:
-        return reports[0]
+        (group, stage_cfgs), = prepared
+        return write_reports(group.cfg, group.cfg.run, group.seed_cfgs, stage_cfgs, wall_total=wall_total)
+    for group, stage_cfgs in prepared:
+        if len(group.evaluated()) == len(group.systems()):
+            write_reports(group.cfg, group.cfg.run, group.seed_cfgs, stage_cfgs)
+        else:
+            for seed_cfg, stage_cfg in zip(group.seed_cfgs, stage_cfgs):
+                write_signals(Path(seed_cfg.output_dir), stage_cfg, group.cfg.run)
     return scaling_report(cfg, settings, prepared, wall_total=wall_total)
 
 

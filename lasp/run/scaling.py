@@ -53,8 +53,10 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
     run_dirs = [Path(c.output_dir) for c in group.seed_cfgs]
     seeds = [c.seed for c in group.seed_cfgs]
     losses = [base_loss(Path(c.model.name).parent, group.steps) for c in group.seed_cfgs]
+    systems, done = group.systems(), group.evaluated()
     row = {"strength": group.name, "preset": group.preset, "steps": group.steps, "seeds": seeds,
-           "base_loss": _mean(losses), "base_loss_per_seed": losses, "masks": {}, "cer": {}, "vs_random": {}}
+           "evaluated": [len(done), len(systems)], "base_loss": _mean(losses), "base_loss_per_seed": losses,
+           "masks": {}, "cer": {}, "vs_random": {}}
     for name, _ in searched_mask_sets(run_dirs[0], stage_cfgs[0], settings):
         signals, ratios = [], []
         for run_dir, stage_cfg in zip(run_dirs, stage_cfgs):
@@ -67,8 +69,6 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
         mean, low, high = signal_interval(signals)
         row["masks"][name] = {"signal": [mean, low, high], "seeds_with_signal": len(signals),
                               "iou_ratio": _mean(ratios)}
-    systems = list(settings.systems) + [v.name for v in settings.variants]
-    done = [s for s in systems if all((d / f"eval-{s}" / "results.json").is_file() for d in run_dirs)]
     if done:
         masked = [s for s in _masked(group) if s in done]
         claims = [(s, BASELINE, f"{s} − {BASELINE}") for s in masked] if BASELINE in done else []
@@ -77,6 +77,10 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
         row["vs_random"] = {c.system: [c.difference, c.low, c.high, c.verdict] for c in summary.comparisons
                             if c.scope == "all"}
     return row
+
+
+def _finished(row: dict) -> bool:
+    return row["evaluated"][0] == row["evaluated"][1]
 
 
 def _read(path: Path) -> dict:
@@ -89,6 +93,11 @@ def _read(path: Path) -> dict:
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def _number(value: float, spec: str) -> str:
+    """A figure of the report; "–" for one not measured yet (nan)."""
+    return "–" if math.isnan(value) else format(value, spec)
 
 
 def _iv(values: list | None, sign: bool = True) -> str:
@@ -133,10 +142,12 @@ def scaling_report(cfg: RecipeConfig, settings: RunConfig, prepared: list[tuple[
              + " | ".join(f"{m}: signal | {m}: IoU / random" for m in mask_sets) + " |",
              "|---|---|---|" + "---|---|" * len(mask_sets)]
     for r in rows:
-        link = f"[{r['strength']}]({report_link(out / r['strength'] / 'report.md', report)})"
-        cells = [f"{_iv(r['masks'][m]['signal'])} | {r['masks'][m]['iou_ratio']:.2f}" if m in r["masks"]
-                 else "– | –" for m in mask_sets]
-        parts.append(f"| {link} | {r['steps']} | {r['base_loss']:.3f} | " + " | ".join(cells) + " |")
+        link = (f"[{r['strength']}]({report_link(out / r['strength'] / 'report.md', report)})"
+                if _finished(r) else f"{r['strength']} (running: {r['evaluated'][0]} of {r['evaluated'][1]} "
+                "systems evaluated)")
+        cells = [f"{_iv(r['masks'][m]['signal'])} | {_number(r['masks'][m]['iou_ratio'], '.2f')}"
+                 if m in r["masks"] else "– | –" for m in mask_sets]
+        parts.append(f"| {link} | {r['steps']} | {_number(r['base_loss'], '.3f')} | " + " | ".join(cells) + " |")
     parts += ["", "## Error rates", "",
               "Macro CER (mean over seeds [95 % interval]) and each masked system's paired difference to the "
               f"{BASELINE} masks of the same density (negative = the searched masks are better), with the "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lasp.config.checks import parse_strength
+from lasp.analysis.seeds import EVAL_DIR
 from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.run.schedule import Job
 from lasp.run.seeds import seed_configs
@@ -41,6 +42,16 @@ class Comparison:
         if len(self.seed_cfgs) > 1:
             parts.append(f"seed-{seed_cfg.seed}")
         return "/".join(parts)
+
+    def systems(self) -> list[str]:
+        """Every system this comparison evaluates: the run's systems and its variants."""
+        return list(self.cfg.run.systems) + [v.name for v in self.cfg.run.variants]
+
+    def evaluated(self) -> list[str]:
+        """The systems whose evaluation every seed has finished (all of them once the comparison is done)."""
+        run_dirs = [Path(c.output_dir) for c in self.seed_cfgs]
+        return [s for s in self.systems()
+                if all((d / EVAL_DIR.format(system=s) / "results.json").is_file() for d in run_dirs)]
 
 
 def strength_name(preset: str, steps: int) -> str:
