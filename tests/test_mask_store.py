@@ -185,9 +185,7 @@ def test_a_save_killed_while_writing_its_record_leaves_nothing_after_the_next_ch
     assert same(LanguageMasks.load(tmp_path), first)
 
 
-def test_a_killed_first_save_does_not_wedge_the_folder(tmp_path, monkeypatch, capsys):
-    from lasp.cli import main
-
+def test_a_killed_first_save_does_not_wedge_the_folder(tmp_path):
     out = tmp_path / "masks"
     out.mkdir()
     _killed_save(out, after_files=2)

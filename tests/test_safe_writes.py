@@ -13,7 +13,7 @@ from data_fixtures import tone, write_audio
 from lasp.cli import main
 from lasp.data.manifest import read_manifest
 from lasp.errors import DataError
-from lasp.locks import LOCK_NAME, LockError, acquire, read_lock, release
+from lasp.locks import LOCK_NAME, acquire, read_lock, release
 from test_provenance_masks import tree_hashes
 
 

@@ -3,6 +3,7 @@
 Prints wall time and peak resident memory; run with
 ``.venv/bin/python -m pytest -m slow -s tests/test_xlsr_scale.py``.
 """
+import os
 import resource
 import time
 
