@@ -21,6 +21,7 @@ from transformers import Wav2Vec2Config
 
 from lasp.errors import ConfigError
 from lasp.models.layout import model_dir
+from lasp.models.objective import use_finite_perplexity
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bo
     if is_preset(name_or_path):
         config = preset_config(name_or_path, **overrides)
         cls = _model_class("wav2vec2", head, f"preset {name_or_path!r}")
-        return cls(config)
+        return use_finite_perplexity(cls(config))
     if not os.path.isdir(name_or_path):
         raise ConfigError(
             f"model {name_or_path!r} is neither a local checkpoint directory nor a preset "
@@ -192,7 +193,7 @@ def load_model(name_or_path: str, head: str = "pretraining", *, require_head: bo
     check_overrides(config, overrides, name_or_path)
     for key, value in overrides.items():
         setattr(config, key, value)
-    return _from_pretrained(cls, name_or_path, config=config)
+    return use_finite_perplexity(_from_pretrained(cls, name_or_path, config=config))
 
 
 def _from_pretrained(cls, path: str, **kwargs):

@@ -41,3 +41,27 @@ def mean_loss(loss: torch.Tensor, normaliser) -> torch.Tensor:
     if torch.is_tensor(normaliser):
         return loss / normaliser.clamp(min=1.0)
     return loss / max(float(normaliser), 1.0)
+
+
+def codevector_perplexity(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """wav2vec 2.0's codevector perplexity, summed over groups: exp(−Σ p̄ log(p̄ + 1e-7)) of the mean softmax p̄
+    over the masked frames (fairseq's formula, and transformers' before version 5).
+
+    transformers 5 writes p̄ log p̄ as ``xlogy(p̄, p̄)``, whose gradient at p̄ = 0 is 0/0: a single codevector that
+    no masked frame can choose (its softmax underflows to 0 in float32: common with random weights, and with a
+    collapsed codebook) makes the whole step's gradient NaN, and the step is lost. The 1e-7 keeps it finite."""
+    if mask is not None:
+        chosen = mask.flatten()[:, None, None].expand(probs.shape)
+        marginal = torch.where(chosen, probs, torch.zeros_like(probs)).sum(dim=0) / mask.sum()
+    else:
+        marginal = probs.mean(dim=0)
+    return torch.exp(-torch.sum(marginal * torch.log(marginal + 1e-7), dim=-1)).sum()
+
+
+def use_finite_perplexity(model: torch.nn.Module) -> torch.nn.Module:
+    """Every Gumbel quantizer of ``model`` computes its perplexity with :func:`codevector_perplexity` (an
+    instance attribute: the class and other models are untouched); returns ``model``."""
+    for module in model.modules():
+        if type(module).__name__.endswith("GumbelVectorQuantizer") and hasattr(module, "_compute_perplexity"):
+            module._compute_perplexity = codevector_perplexity
+    return model
