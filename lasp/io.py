@@ -85,6 +85,36 @@ def read_text(path: str | os.PathLike, what: str = "") -> str:
                         "save the file as UTF-8 (e.g. iconv -t UTF-8)") from None
 
 
+def read_json_object(path: str | os.PathLike, what: str, error: type[Exception] = DataError,
+                     hint: str = "") -> dict:
+    """The JSON object in ``path``. Anything else is one ``error`` line naming the file, what it should hold
+    (``what``: "lasp mask config") and, when given, what the user can do (``hint``): a missing or unreadable file,
+    bytes that are not JSON, or JSON that is not an object."""
+    name, tail = os.fspath(path), f"; {hint}" if hint else ""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise error(f"{name}: missing{tail}") from None
+    except OSError as err:
+        raise error(f"{name}: cannot read the {what} ({err.strerror or err}){tail}") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are no Unicode text
+        detail = f"{err.msg}, line {err.lineno}" if isinstance(err, json.JSONDecodeError) else "not Unicode text"
+        raise error(f"{name}: not a readable {what} (not valid JSON: {detail}){tail}") from None
+    if not isinstance(value, dict):
+        raise error(f"{name}: not a {what} (a JSON object), got a JSON {type(value).__name__}{tail}")
+    return value
+
+
+def read_json_if_present(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``, or ``{}`` when there is none (yet): for files a stage still running may not
+    have written, or that lasp only reads to do better (a report, a cleanup list)."""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

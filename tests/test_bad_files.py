@@ -106,3 +106,32 @@ def test_model_files_lasp_writes_are_ordinary_files(tmp_path, tiny_ctc):
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in (tmp_path / "final").rglob("*")}
     assert modes and all(m == ("0o755" if (tmp_path / p).is_dir() else "0o644") for p, m in modes.items()), modes
     assert "final/shared/model.safetensors" in modes
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"x\.json: missing; run it again$"),
+    (b'{"a": 1,,', r"x\.json: not a readable lasp thing \(not valid JSON: Expecting property name .*, line 1\); run"),
+    (b"\xff\xfe\x00{", r"x\.json: not a readable lasp thing \(not valid JSON: "),
+    (b"[1, 2]", r"x\.json: not a lasp thing \(a JSON object\), got a JSON list; run it again$"),
+])
+def test_a_json_file_lasp_reads_is_an_object_or_one_line_naming_it(tmp_path, content, message):
+    from lasp.errors import ConfigError
+    from lasp.io import read_json_if_present, read_json_object
+
+    path = tmp_path / "x.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as raised:
+        read_json_object(path, "lasp thing", ConfigError, hint="run it again")
+    assert len(str(raised.value).splitlines()) == 1
+    assert read_json_if_present(path) == {}
+
+
+def test_a_feature_extractor_config_that_is_no_object_is_one_line(tmp_path):
+    from lasp.errors import ConfigError
+    from lasp.models.features import feature_normalization
+
+    (tmp_path / "preprocessor_config.json").write_text("[true]")
+    with pytest.raises(ConfigError, match=r"preprocessor_config\.json: not a feature-extractor config \(a JSON "
+                                          r"object\), got a JSON list"):
+        feature_normalization(str(tmp_path))

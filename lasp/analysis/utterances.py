@@ -12,7 +12,6 @@ that against ``results.json`` and refuses a directory where they disagree
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import jiwer
 import numpy as np
 
 from lasp.errors import DataError
+from lasp.io import read_json_object
 
 
 @dataclass
@@ -96,12 +96,8 @@ def read_eval_dir(eval_dir: str | Path, languages: Sequence[str] | None = None) 
     """
     eval_dir = Path(eval_dir)
     results_path = eval_dir / "results.json"
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except OSError:
-        raise DataError(f"{results_path}: missing (run `lasp evaluate` for this system first)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{results_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    results = read_json_object(results_path, "lasp evaluation result", DataError,
+                               hint="run `lasp evaluate` for this system first")
     reported = results.get("languages")
     if not isinstance(reported, dict):
         raise DataError(f"{results_path}: no 'languages' object")

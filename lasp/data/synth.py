@@ -11,7 +11,6 @@ whatever the number of workers (see :class:`_Renderer` for what that takes with 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -28,7 +27,7 @@ from lasp.data.espeak import VOICE_NAMES, engine, voice_for
 from lasp.data.manifest import Utterance, split_manifests, write_manifest
 from lasp.data.text import normalize_text
 from lasp.errors import ConfigError, DataError
-from lasp.io import atomic_write_json
+from lasp.io import atomic_write_json, read_json_object
 from lasp.locks import locked
 
 FORMAT_VERSION = 1
@@ -331,11 +330,7 @@ def read_synth_record(out_dir: str | os.PathLike) -> dict | None:
     path = os.path.join(out_dir, SETTINGS_FILE)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable ({err}); it lists the files lasp made there") from None
+    data = read_json_object(path, "synthetic corpus record", DataError, hint="it lists the files lasp made there")
     if "settings" in data:
         return {"settings": data["settings"], "files": list(data.get("files", [])),
                 "complete": bool(data.get("complete"))}

@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lasp.errors import LaspError, MaskError
-from lasp.io import TMP_PREFIX, atomic_path, atomic_write_json, sha256_file
+from lasp.io import TMP_PREFIX, atomic_path, atomic_write_json, read_json_if_present, read_json_object, sha256_file
 from lasp.locks import locked
 from lasp.languages import check_language_code
 from lasp.masks.bits import intersection_packed, pack_bits, packed_shape, unpack_bits
@@ -109,11 +109,7 @@ def recover_interrupted_save(directory: str | os.PathLike) -> list[str]:
     if not os.path.isfile(marker) and not marker_temps:
         return []
     with locked(directory, "mask set"):
-        try:
-            with open(marker, encoding="utf-8") as fh:
-                listed = json.load(fh)
-        except (OSError, json.JSONDecodeError):
-            listed = {}
+        listed = read_json_if_present(marker)
         config_path = os.path.join(directory, CONFIG_NAME)
         keep = set(files_of(_read_config(directory))) if os.path.isfile(config_path) else set()
         removed = []
@@ -392,13 +388,7 @@ def _read_config(directory: str) -> dict:
         raise MaskError(f"mask directory {directory} does not exist")
     if not os.path.isfile(path):
         raise MaskError(f"{directory} is not a mask set: {CONFIG_NAME} is missing")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise MaskError(f"{path}: cannot read mask config: {err}") from None
-    if not isinstance(config, dict):
-        raise MaskError(f"{path}: not a lasp mask config (a JSON object), got a JSON {type(config).__name__}")
+    config = read_json_object(path, "lasp mask config", MaskError)
     if config.get("format") != FORMAT:
         raise MaskError(f"{path}: not a lasp mask config (format={config.get('format')!r})")
     version = config.get("format_version", 0)

@@ -5,7 +5,6 @@ audio a model was trained on is fed to it the same way everywhere (:mod:`lasp.da
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -13,6 +12,7 @@ from transformers import Wav2Vec2FeatureExtractor
 
 from lasp.data.collate import wants_attention_mask
 from lasp.errors import ConfigError
+from lasp.io import read_json_object
 from lasp.models.layout import model_dir
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,7 @@ def feature_normalization(name_or_path: str) -> bool:
         name_or_path = model_dir(name_or_path)
     path = os.path.join(str(name_or_path), FEATURE_EXTRACTOR_FILE)
     if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = json.load(fh).get("do_normalize", True)
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: unreadable feature-extractor config ({err})") from None
+        value = read_json_object(path, "feature-extractor config", ConfigError).get("do_normalize", True)
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: do_normalize must be true or false, got {value!r}")
         return value

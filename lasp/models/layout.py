@@ -18,11 +18,11 @@ model loader can resolve a system directory without importing the training code.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from lasp.errors import ConfigError
+from lasp.io import read_json_object
 
 SYSTEM_FILE = "lasp_system.json"
 SHARED_SUBDIR = "shared"
@@ -36,11 +36,8 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / SYSTEM_FILE
     if not path.is_file():
         return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: malformed ({err.msg})") from None
-    if not isinstance(marker, dict) or "system" not in marker:
+    marker = read_json_object(path, "lasp system marker", ConfigError)
+    if "system" not in marker:
         raise ConfigError(f"{path}: no 'system' key; not written by lasp")
     return marker
 

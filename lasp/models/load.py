@@ -8,7 +8,6 @@ timings can be checked without their weights.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from transformers import Wav2Vec2Config
 
 from lasp.errors import ConfigError
+from lasp.io import read_json_object
 from lasp.models.layout import model_dir
 from lasp.models.objective import use_finite_perplexity
 
@@ -128,13 +128,7 @@ def read_model_config(name_or_path: str) -> dict:
     """A checkpoint folder's config.json, which must describe a wav2vec2-family model (else one line naming
     the file and what it holds)."""
     path = os.path.join(model_dir(name_or_path), "config.json")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: not a readable model config ({type(err).__name__}: {err})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a model config is a JSON object, got a JSON {type(config).__name__}")
+    config = read_json_object(path, "model config", ConfigError)
     _model_class(config.get("model_type"), "base", path)  # a speech model of a family lasp knows
     return config
 

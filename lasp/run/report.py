@@ -15,7 +15,7 @@ import numpy as np
 
 from lasp.analysis import format_markdown, overlap_analysis, parameter_table
 from lasp.config.schema import RecipeConfig, RunConfig
-from lasp.io import atomic_write
+from lasp.io import atomic_write, read_json_if_present
 from lasp.masks.language_masks import LanguageMasks
 from lasp.run.inputs import base_is_checkpoint, corpus_kind
 from lasp.run.seeds import report_link, specificity_rows, spread_sentence, variants_section
@@ -29,13 +29,6 @@ SYSTEM_NOTES = {
 }
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -43,13 +36,13 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[str, dict[str, dict]]:
-    results = {s: _read_json(out / f"eval-{s}" / "results.json") for s in systems}
+    results = {s: read_json_if_present(out / f"eval-{s}" / "results.json") for s in systems}
     header = ("| system | " + " | ".join(f"{l} CER / WER" for l in languages)
               + " | **macro CER** | macro WER | worst-language CER | CER std across languages |")
     lines = [header, "|" + "---|" * (len(languages) + 5)]
     for s in systems:
         r = results[s]
-        if r is None:
+        if not r:
             lines.append(f"| {s} | " + " | ".join("–" for _ in languages) + " | – | – | – | – |")
             continue
         cells = []
@@ -73,8 +66,8 @@ def training_table(out: Path, systems: list[str], stage_times: dict) -> str:
              "| stopped by | trainable parameters (fine-tuning) |", "|---|---|---|---|---|---|---|"]
     ft_steps = {}
     for s in systems:
-        pre = _read_json(out / f"pretrain-{s}" / "final" / "train_summary.json") or {}
-        ft = _read_json(out / f"finetune-{s}" / "final" / "train_summary.json") or {}
+        pre = read_json_if_present(out / f"pretrain-{s}" / "final" / "train_summary.json")
+        ft = read_json_if_present(out / f"finetune-{s}" / "final" / "train_summary.json")
         if "step" in ft:
             ft_steps[s] = ft["step"]
 
@@ -90,7 +83,7 @@ def training_table(out: Path, systems: list[str], stage_times: dict) -> str:
     elif ft_steps:
         lines.append("\nFine-tuning step counts differ between systems (a wall-time budget stopped them), so the "
                      "comparison is at equal wall time, not equal steps.")
-    base = _read_json(out / "base" / "final" / "train_summary.json") or {}
+    base = read_json_if_present(out / "base" / "final" / "train_summary.json")
     if base:
         lines.append(f"\nBase model (shared pre-training of the preset): {base.get('step')} steps in "
                      f"{base.get('elapsed_s', 0):.0f} s.")
@@ -119,7 +112,7 @@ def model_sentence(cfg: RecipeConfig, out: Path) -> str:
     if base_is_checkpoint(cfg):
         return (f"Base model: the checkpoint `{cfg.model.name}`; masks are searched on it and every system starts "
                 "from it.")
-    base = _read_json(out / "base" / "final" / "train_summary.json") or {}
+    base = read_json_if_present(out / "base" / "final" / "train_summary.json")
     return (f"Base model: the `{cfg.model.name}` preset (random initial weights), pre-trained shared on this corpus "
             f"for {base.get('step', '–')} steps to stand in for a pre-trained multilingual model; at this scale the "
             "numbers show the method's mechanics, not the paper's results.")
@@ -144,7 +137,7 @@ def noise_sentence(cfg: RecipeConfig, settings: RunConfig, seeds_of: RunConfig |
     return spread_sentence(cfg, settings)
 
 
-def coverage_section(results: dict[str, dict | None], manifests: dict[str, str], languages: list[str]) -> list[str]:
+def coverage_section(results: dict[str, dict], manifests: dict[str, str], languages: list[str]) -> list[str]:
     """Per language: test utterances listed, scored by each system, and the ones that could not be read (why)."""
     listed = _language_counts(manifests.get("test"))
     systems = [s for s, r in results.items() if r]
@@ -157,7 +150,7 @@ def coverage_section(results: dict[str, dict | None], manifests: dict[str, str],
     for lang in languages:
         cells = []
         for s in systems:
-            m = results[s]["languages"].get(lang) or {}
+            m = results[s]["languages"].get(lang)
             cells.append(str(m["utterances"]) if "utterances" in m else "not reported")
             for row in m.get("unreadable") or []:
                 unreadable.setdefault(lang, {}).setdefault(str(row.get("id")), row)
@@ -166,7 +159,7 @@ def coverage_section(results: dict[str, dict | None], manifests: dict[str, str],
     unaccounted = []  # listed but neither scored nor reported unreadable: the error rates leave them out silently
     for s in systems:
         for lang in languages:
-            m = results[s]["languages"].get(lang) or {}
+            m = results[s]["languages"].get(lang)
             if "utterances" in m and lang in listed:
                 gap = listed[lang] - m["utterances"] - len(m.get("unreadable") or [])
                 if gap:
@@ -179,7 +172,7 @@ def coverage_section(results: dict[str, dict | None], manifests: dict[str, str],
         for lang in languages:
             for uid, row in unreadable.get(lang, {}).items():
                 lines.append(f"- {lang} `{uid}` ({row.get('audio', '?')}): {row.get('reason', 'no reason given')}")
-    elif not unaccounted and all("unreadable" in (results[s]["languages"].get(l) or {})
+    elif not unaccounted and all("unreadable" in (results[s]["languages"].get(l))
                                  for s in systems for l in languages):
         lines.append("Every listed test utterance could be read.")
     else:
@@ -210,7 +203,7 @@ def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: 
     systems, languages = list(settings.systems), list(settings.languages)
     report = Path(settings.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    stage_times = _read_json(out / "stage_times.json") or {}
+    stage_times = read_json_if_present(out / "stage_times.json")
     manifests = {"train": cfg.data.train, "test": cfg.data.test}
     table, results = results_table(out, systems, languages)
     parts = [
@@ -238,7 +231,7 @@ def write_report(cfg: RecipeConfig, settings: RunConfig, out: Path, wall_total: 
         parts += ["## Intervals (one seed: utterances and languages resampled)", "", summary.markdown, ""]
         parts += variants_section(summary, cfg, settings, report)
         parts += specificity_rows([out], [cfg], settings)
-    parts += signal_rows([_read_json(out / SIGNAL_FILE) or {}], [cfg.seed])
+    parts += signal_rows([read_json_if_present(out / SIGNAL_FILE)], [cfg.seed])
     parts += coverage_section(results, manifests, languages)
     parts += ["## Training", "", training_table(out, systems, stage_times), ""]
     if wall_total is not None:
@@ -297,7 +290,7 @@ def seeds_report(cfg: RecipeConfig, settings: RunConfig, summary, seed_cfgs: lis
         parts += [f"![CER per language with 95 % intervals]({figure})", ""]
     parts += variants_section(summary, first, settings, report)
     parts += specificity_rows(run_dirs, stage_cfgs, settings)
-    parts += signal_rows([_read_json(d / SIGNAL_FILE) or {} for d in run_dirs], [c.seed for c in stage_cfgs])
+    parts += signal_rows([read_json_if_present(d / SIGNAL_FILE) for d in run_dirs], [c.seed for c in stage_cfgs])
     parts += [f"The numbers: `{report_link(summary.files['json'], report)}` (the seed-to-seed spread a single-seed "
               "report quotes with run.spread_from).", ""]
     if wall_total is not None:

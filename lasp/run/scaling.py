@@ -9,7 +9,6 @@ mask set and preset) and the report at ``run.report``.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lasp.analysis.seeds import seed_summary
 from lasp.analysis.stability import signal_interval
 from lasp.analysis.tables import write_json
 from lasp.config.schema import RecipeConfig, RunConfig
-from lasp.io import atomic_write
+from lasp.io import atomic_write, read_json_if_present
 from lasp.masks.language_masks import LanguageMasks
 from lasp.masks.store import CONFIG_NAME
 from lasp.run.seeds import report_link
@@ -61,7 +60,7 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
         signals, ratios = [], []
         for run_dir, stage_cfg in zip(run_dirs, stage_cfgs):
             folder = dict(searched_mask_sets(run_dir, stage_cfg, settings))[name]
-            found = _read(run_dir / SIGNAL_FILE).get(name)
+            found = read_json_if_present(run_dir / SIGNAL_FILE).get(name)
             if found:
                 signals.append(found["signal"])
             if (folder / CONFIG_NAME).is_file():
@@ -81,13 +80,6 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
 
 def _finished(row: dict) -> bool:
     return row["evaluated"][0] == row["evaluated"][1]
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _mean(values: list[float]) -> float:

@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lasp.errors import ConfigError
-from lasp.io import TMP_PREFIX, atomic_dir, atomic_write, fsync_dir, fsync_file, sha256_file
+from lasp.io import (TMP_PREFIX, atomic_dir, atomic_write, fsync_dir, fsync_file, read_json_object,
+                     sha256_file)
 
 LATEST = "latest"
 _STEP_NAME = re.compile(r"step-\d{8}")
@@ -144,10 +145,7 @@ def verify_checkpoint(path: str | Path) -> None:
     sums_path = path / CHECKSUMS
     if not sums_path.is_file():
         return  # written before checksums existed: loading it is the only check
-    try:
-        sums = json.loads(sums_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{sums_path}: unreadable ({err})") from None
+    sums = read_json_object(sums_path, "checkpoint checksum list", CheckpointError)
     for f in _FILES:
         want = sums.get(f) or {}
         size = (path / f).stat().st_size

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from lasp import __version__
 from lasp.config.schema import RecipeConfig
 from lasp.errors import ConfigError
-from lasp.io import atomic_write_json, sha256_file
+from lasp.io import atomic_write_json, read_json_object, sha256_file
 
 RUN_RECORD = "run.json"
 # the top-level keys of a recipe: a resume_allow entry that starts with one of them is already a full key
@@ -71,15 +71,8 @@ def _allowed(key: str, allow: Iterable[str]) -> bool:
 def _read_record(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the run record ({err}); it records the recipe this run "
-                          "started with: restore it, or start the run in a new directory") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{path}: not a lasp run record (a JSON object); restore it, or start the run in a new "
-                          "directory")
-    return record
+    return read_json_object(path, "lasp run record", ConfigError, hint="it records the recipe this run started "
+                            "with: restore it, or start the run in a new directory")
 
 
 def check_stage_of_run(run_dir: str | os.PathLike, stage: str) -> None:
