@@ -90,6 +90,13 @@ def test_two_strengths_with_repeat_searches_and_a_layer_profile_end_to_end(tmp_p
         assert math.isfinite(r["base_loss"]) and set(r["vs_random"]) == {"lasp", "layers"}
         lasp, random = r["cer"]["lasp"][0], r["cer"]["random"][0]
         assert r["vs_random"]["lasp"][0] == pytest.approx(lasp - random)
+        # ML-SUPERB 2.0's figures per strength: one seed, so the worst language's CER is the largest in results.json
+        for system in ("lasp", "random"):
+            cers = [v["cer"] for v in json.loads((out / r["strength"] / f"eval-{system}" / "results.json")
+                                                 .read_text())["languages"].values()]
+            assert r["superb"]["worst"][system][0] == pytest.approx(max(cers))
+        worst = r["superb"]["worst"]
+        assert r["superb_vs_random"]["worst"]["lasp"][0] == pytest.approx(worst["lasp"][0] - worst["random"][0])
     assert (out / "scaling.png").stat().st_size > 0 and (out / "tiny-4" / "report.md").is_file()
 
     # `lasp report` while a strength is still running: the finished one's report, the other's figures so far

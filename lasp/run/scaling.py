@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lasp.analysis.overlap import compute_overlap, specificity
 from lasp.analysis.plots import plot_against_strength
-from lasp.analysis.seeds import seed_summary
+from lasp.analysis.seeds import SUPERB_FIGURES, SUPERB_NAMES, seed_summary
 from lasp.analysis.stability import signal_interval
 from lasp.analysis.tables import write_json
 from lasp.config.schema import RecipeConfig, RunConfig
@@ -75,7 +75,28 @@ def strength_row(group: Comparison, stage_cfgs: list[RecipeConfig]) -> dict:
         row["cer"] = {s: list(summary.macro_intervals[s]) for s in done}
         row["vs_random"] = {c.system: [c.difference, c.low, c.high, c.verdict] for c in summary.comparisons
                             if c.scope == "all"}
+        row["superb"] = {stat: {s: list(summary.superb[s][stat]) for s in done} for stat in SUPERB_FIGURES}
+        row["superb_vs_random"] = {stat: {c.system: [c.difference, c.low, c.high, c.verdict]
+                                          for c in summary.superb_comparisons
+                                          if c.scope == "all" and c.statistic == stat}
+                                   for stat in SUPERB_FIGURES}
     return row
+
+
+def error_table(rows: list[dict], stat: str | None, title: str, systems: list[str], masked: list[str]) -> list[str]:
+    """One table of the report: ``stat`` ("worst", "spread"; None = macro CER) per strength and system, and each
+    masked system's paired difference to the random masks on it."""
+    lines = [f"**{title}**", "",
+             "| strength | " + " | ".join(systems) + " | " + " | ".join(f"{s} − {BASELINE}" for s in masked) + " |",
+             "|---|" + "---|" * (len(systems) + len(masked))]
+    for r in rows:
+        values = r["cer"] if stat is None else r.get("superb", {}).get(stat, {})
+        diffs = r["vs_random"] if stat is None else r.get("superb_vs_random", {}).get(stat, {})
+        cells = [_iv(values.get(s), sign=False) for s in systems]
+        cells += [(_iv(diffs[s][:3]) + ("" if diffs[s][3].startswith("no") else f" **{diffs[s][3].split(',')[0]}**"))
+                  if s in diffs else "–" for s in masked]
+        lines.append(f"| {r['strength']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _finished(row: dict) -> bool:
@@ -141,18 +162,14 @@ def scaling_report(cfg: RecipeConfig, settings: RunConfig, prepared: list[tuple[
                  if m in r["masks"] else "– | –" for m in mask_sets]
         parts.append(f"| {link} | {r['steps']} | {_number(r['base_loss'], '.3f')} | " + " | ".join(cells) + " |")
     parts += ["", "## Error rates", "",
-              "Macro CER (mean over seeds [95 % interval]) and each masked system's paired difference to the "
-              f"{BASELINE} masks of the same density (negative = the searched masks are better), with the "
-              "hierarchical bootstrap interval over seeds, languages and utterances.", "",
-              "| strength | " + " | ".join(systems) + " | " + " | ".join(f"{s} − {BASELINE}" for s in masked) + " |",
-              "|---|" + "---|" * (len(systems) + len(masked))]
-    for r in rows:
-        cer = [_iv(r["cer"].get(s), sign=False) for s in systems]
-        diff = [(_iv(r["vs_random"][s][:3]) + ("" if r["vs_random"][s][3].startswith("no") else
-                                                f" **{r['vs_random'][s][3].split(',')[0]}**"))
-                if s in r["vs_random"] else "–" for s in masked]
-        parts.append(f"| {r['strength']} | " + " | ".join(cer + diff) + " |")
-    parts += ["", f"![signal and difference to random masks against the base's steps]({report_link(figure, report)})",
+              "Per strength, each system's CER figure (mean over seeds [95 % interval]) and each masked system's "
+              f"paired difference to the {BASELINE} masks of the same density (negative = the searched masks are "
+              "better), with the hierarchical bootstrap interval over seeds, languages and utterances: macro CER, "
+              "then ML-SUPERB 2.0's worst language's CER and CER standard deviation across languages.", ""]
+    for title, stat in (("Macro CER", None), *((SUPERB_NAMES[f][0].upper() + SUPERB_NAMES[f][1:], f)
+                                               for f in SUPERB_FIGURES)):
+        parts += error_table(rows, stat, title, systems, masked)
+    parts += [ f"![signal and difference to random masks against the base's steps]({report_link(figure, report)})",
               "", f"The numbers: `{report_link(out / 'scaling.json', report)}`.", ""]
     if wall_total is not None:
         parts += [f"Total wall time of this `lasp run` invocation: {wall_total / 60:.1f} min.", ""]
