@@ -196,7 +196,7 @@ def plot_against_strength(panels: Mapping[str, Mapping[str, Sequence[Sequence[fl
     """One panel per title, one line per series of (x, y, low, high) points, error bars from low/high; x on a
     log scale (base-model steps grow geometrically); a dashed line at 0."""
     fig = Figure(figsize=(6 * max(1, len(panels)), 4))
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False, sharex=True)[0]  # strengths line up
     for ax, (title, series) in zip(axes, panels.items()):
         for i, (name, points) in enumerate(series.items()):
             pts = sorted(points)
