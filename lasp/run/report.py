@@ -29,7 +29,8 @@ SYSTEM_NOTES = {
 }
 
 
-def _fmt(value, digits: int = 3) -> str:
+def format_figure(value, digits: int = 3) -> str:
+    """A figure of a report table; "–" for one not measured (None or nan)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}"
@@ -48,7 +49,7 @@ def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[
         cells = []
         for lang in languages:
             m = r["languages"].get(lang)
-            cells.append(f"{_fmt(m['cer'])} / {_fmt(m['wer'])}" if m else "–")
+            cells.append(f"{format_figure(m['cer'])} / {format_figure(m['wer'])}" if m else "–")
         # ML-SUPERB 2.0's figures beside the mean: the worst language, and the population std over the languages
         cers = [r["languages"][lang]["cer"] for lang in languages if lang in r["languages"]]
         worst = max(cers) if cers else None
@@ -56,8 +57,8 @@ def results_table(out: Path, systems: list[str], languages: list[str]) -> tuple[
                            and r["languages"][lang]["cer"] == worst), "")
         spread = float(np.std(cers)) if cers else None
         lines.append(f"| {s} | " + " | ".join(cells)
-                     + f" | **{_fmt(r['macro']['cer'])}** | {_fmt(r['macro']['wer'])} | {_fmt(worst)} ({worst_lang}) "
-                       f"| {_fmt(spread)} |")
+                     + f" | **{format_figure(r['macro']['cer'])}** | {format_figure(r['macro']['wer'])} | {format_figure(worst)} ({worst_lang}) "
+                       f"| {format_figure(spread)} |")
     return "\n".join(lines), results
 
 
@@ -150,7 +151,7 @@ def coverage_section(results: dict[str, dict], manifests: dict[str, str], langua
     for lang in languages:
         cells = []
         for s in systems:
-            m = results[s]["languages"].get(lang)
+            m = results[s]["languages"].get(lang) or {}
             cells.append(str(m["utterances"]) if "utterances" in m else "not reported")
             for row in m.get("unreadable") or []:
                 unreadable.setdefault(lang, {}).setdefault(str(row.get("id")), row)
@@ -159,7 +160,7 @@ def coverage_section(results: dict[str, dict], manifests: dict[str, str], langua
     unaccounted = []  # listed but neither scored nor reported unreadable: the error rates leave them out silently
     for s in systems:
         for lang in languages:
-            m = results[s]["languages"].get(lang)
+            m = results[s]["languages"].get(lang) or {}
             if "utterances" in m and lang in listed:
                 gap = listed[lang] - m["utterances"] - len(m.get("unreadable") or [])
                 if gap:
@@ -172,7 +173,7 @@ def coverage_section(results: dict[str, dict], manifests: dict[str, str], langua
         for lang in languages:
             for uid, row in unreadable.get(lang, {}).items():
                 lines.append(f"- {lang} `{uid}` ({row.get('audio', '?')}): {row.get('reason', 'no reason given')}")
-    elif not unaccounted and all("unreadable" in (results[s]["languages"].get(l))
+    elif not unaccounted and all("unreadable" in (results[s]["languages"].get(l) or {})
                                  for s in systems for l in languages):
         lines.append("Every listed test utterance could be read.")
     else:

@@ -21,6 +21,7 @@ from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.io import atomic_write, read_json_if_present
 from lasp.masks.language_masks import LanguageMasks
 from lasp.masks.store import CONFIG_NAME
+from lasp.run.report import format_figure
 from lasp.run.seeds import report_link
 from lasp.run.signal import SIGNAL_FILE, searched_mask_sets
 from lasp.run.strengths import Comparison
@@ -108,11 +109,6 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def _number(value: float, spec: str) -> str:
-    """A figure of the report; "–" for one not measured yet (nan)."""
-    return "–" if math.isnan(value) else format(value, spec)
-
-
 def _iv(values: list | None, sign: bool = True) -> str:
     if not values or any(isinstance(v, float) and math.isnan(v) for v in values[:3]):
         return "–"
@@ -158,9 +154,9 @@ def scaling_report(cfg: RecipeConfig, settings: RunConfig, prepared: list[tuple[
         link = (f"[{r['strength']}]({report_link(out / r['strength'] / 'report.md', report)})"
                 if _finished(r) else f"{r['strength']} (running: {r['evaluated'][0]} of {r['evaluated'][1]} "
                 "systems evaluated)")
-        cells = [f"{_iv(r['masks'][m]['signal'])} | {_number(r['masks'][m]['iou_ratio'], '.2f')}"
+        cells = [f"{_iv(r['masks'][m]['signal'])} | {format_figure(r['masks'][m]['iou_ratio'], 2)}"
                  if m in r["masks"] else "– | –" for m in mask_sets]
-        parts.append(f"| {link} | {r['steps']} | {_number(r['base_loss'], '.3f')} | " + " | ".join(cells) + " |")
+        parts.append(f"| {link} | {r['steps']} | {format_figure(r['base_loss'])} | " + " | ".join(cells) + " |")
     parts += ["", "## Error rates", "",
               "Per strength, each system's CER figure (mean over seeds [95 % interval]) and each masked system's "
               f"paired difference to the {BASELINE} masks of the same density (negative = the searched masks are "
@@ -169,7 +165,7 @@ def scaling_report(cfg: RecipeConfig, settings: RunConfig, prepared: list[tuple[
     for title, stat in (("Macro CER", None), *((SUPERB_NAMES[f][0].upper() + SUPERB_NAMES[f][1:], f)
                                                for f in SUPERB_FIGURES)):
         parts += error_table(rows, stat, title, systems, masked)
-    parts += [ f"![signal and difference to random masks against the base's steps]({report_link(figure, report)})",
+    parts += [f"![signal and difference to random masks against the base's steps]({report_link(figure, report)})",
               "", f"The numbers: `{report_link(out / 'scaling.json', report)}`.", ""]
     if wall_total is not None:
         parts += [f"Total wall time of this `lasp run` invocation: {wall_total / 60:.1f} min.", ""]

@@ -57,11 +57,15 @@ def summary_claims(systems: list[str], variants: list[VariantConfig]) -> tuple:
                           if (ref := reference(v, systems)) is not None)
 
 
+def evaluated_systems(settings: RunConfig) -> list[str]:
+    """Every system a run evaluates: its systems, then its variants."""
+    return list(settings.systems) + [v.name for v in settings.variants]
+
+
 def summarize(run_dirs: list[Path], settings: RunConfig, out_dir: Path):
     """seed_summary over the runs' systems and variants, written to ``out_dir``."""
-    variants = settings.variants
-    return seed_summary(run_dirs, systems=list(settings.systems) + [v.name for v in variants],
-                        claims=summary_claims(list(settings.systems), variants), out_dir=out_dir)
+    return seed_summary(run_dirs, systems=evaluated_systems(settings),
+                        claims=summary_claims(list(settings.systems), settings.variants), out_dir=out_dir)
 
 
 def report_link(path: str | Path, report: Path) -> str:

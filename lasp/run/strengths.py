@@ -16,11 +16,11 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lasp.config.checks import parse_strength
 from lasp.analysis.seeds import EVAL_DIR
+from lasp.config.checks import parse_strength
 from lasp.config.schema import RecipeConfig, RunConfig
 from lasp.run.schedule import Job
-from lasp.run.seeds import seed_configs
+from lasp.run.seeds import evaluated_systems, seed_configs
 
 BASES = "bases"
 KEPT = "at-step-{steps}"
@@ -45,7 +45,7 @@ class Comparison:
 
     def systems(self) -> list[str]:
         """Every system this comparison evaluates: the run's systems and its variants."""
-        return list(self.cfg.run.systems) + [v.name for v in self.cfg.run.variants]
+        return evaluated_systems(self.cfg.run)
 
     def evaluated(self) -> list[str]:
         """The systems whose evaluation every seed has finished (all of them once the comparison is done)."""
